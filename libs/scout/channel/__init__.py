@@ -1,0 +1,1 @@
+"""channel (see DESIGN.md)."""

@@ -1,0 +1,541 @@
+"""The one blob format for every KV mode (bf16, INT8/4/2, mixed, selected positions): "scout-kv", v1.
+
+Container: safetensors (8-byte little-endian header length N, N bytes of JSON header, then the raw
+little-endian tensor payload). It executes no code on load, every Hugging Face tool can open it, and its
+`__metadata__` map (string -> string) carries Scout's own fields:
+
+    format        "scout-kv"
+    version       "1"
+    model         fingerprint of the model the cache was computed with (decoding elsewhere is an error)
+    num_layers    layer count
+    seq_len       number of cached (kept) tokens
+    orig_seq_len  length of the original sequence the kept positions index into
+    layers        JSON list, one entry per layer: {"bits": b, "k": T, "v": T} with
+                  T = {"shape": [h, s, d], "dtype": "bfloat16"|"float16"|"float32"} for bits 16, and
+                  additionally {"axis": "token"|"channel", "group": G, "sym": bool} for bits 2/4/8
+    user          JSON object of caller metadata (string -> string)
+    sha256        hex SHA-256 of (canonical JSON of the whole header without this field) + (payload)
+
+Tensors: `k.{l}.codes` (U8, packed), `k.{l}.scale` (F16), `k.{l}.zero` (F16, asymmetric only), likewise
+`v.{l}.*`; `k.{l}.raw` / `v.{l}.raw` (BF16/F16/F32) for 16-bit layers; `positions` (I32, the original
+position id of each cached token: the cache may be pruned).
+
+Why the checksum covers the header too: over the payload alone, a flipped bit in the header (a bit width,
+an axis, the position count, the fingerprint) would decode silently into a different cache. The header is
+hashed in a canonical form (sorted keys, no whitespace), so the check does not depend on how a writer
+formatted its JSON.
+
+Decoding trusts nothing: the size limit is checked before parsing, the header length before reading the
+header, then the JSON's exact shape (no duplicate keys, no floats, no NaN), the magic and version, every
+tensor's dtype, shape and byte range against the metadata *and* the buffer length, then the checksum; only
+then is anything allocated, and positions and scales are validated after. Tensors are read with
+`numpy.frombuffer` from the validated offsets rather than `safetensors.torch.load`: one parser (ours) decides
+what is accepted, every failure is a `BlobError` instead of a library-specific exception, and each tensor is
+copied exactly once. The blob stays a valid safetensors file (the tests open it with safetensors itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from scout.codec.quant import (
+    DTYPES,
+    MAX_GROUP_SIZE,
+    LayerTensor,
+    QuantizedCache,
+    QuantizedTensor,
+    dequantize_cache,
+    packed_len,
+    quantize_cache,
+    scale_shape,
+)
+from scout.kvcache import KVCache
+
+FORMAT = "scout-kv"
+VERSION = 1
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+MAX_LAYERS = 4096
+MAX_HEADS_OR_DIM = 1 << 16
+MAX_SEQ = (1 << 31) - 1
+"""Positions travel as int32, so no sequence may be longer than this."""
+
+_META_KEYS = frozenset(
+    {"format", "version", "model", "num_layers", "seq_len", "orig_seq_len", "layers", "user", "sha256"}
+)
+# safetensors dtype -> (torch dtype, little-endian numpy dtype of the same width holding the bits)
+_ST_TYPES: dict[str, tuple[torch.dtype, str]] = {
+    "BF16": (torch.bfloat16, "<i2"),
+    "F16": (torch.float16, "<f2"),
+    "F32": (torch.float32, "<f4"),
+    "U8": (torch.uint8, "u1"),
+    "I32": (torch.int32, "<i4"),
+}
+_ST_OF_TORCH: dict[torch.dtype, str] = {v[0]: k for k, v in _ST_TYPES.items()}
+_INT_RE = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
+class BlobError(ValueError):
+    """A blob is malformed, corrupt, too large, or not for this reader: all `decode_blob` ever raises."""
+
+
+class BlobVersionError(BlobError):
+    """The blob declares a format version this reader does not know."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(f"unsupported {FORMAT} version {version!r}; this reader knows version {VERSION}")
+        self.version = version
+
+
+class BlobChecksumError(BlobError):
+    """The SHA-256 over header and payload does not match: the blob was corrupted or altered."""
+
+
+class BlobFingerprintError(BlobError):
+    """The blob was made with a different model than the caller expects."""
+
+
+@dataclass
+class DecodedBlob:
+    """A decoded blob: the (possibly quantized) cache and Scout's metadata."""
+
+    cache: QuantizedCache
+    model_fingerprint: str
+    version: int
+    orig_seq_len: int
+    meta: dict[str, str] = field(default_factory=dict)
+    header_nbytes: int = 0
+    payload_nbytes: int = 0
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return self.cache.positions
+
+    def kvcache(self) -> KVCache:
+        """The dequantized cache, ready for `KVCache.to_hf` (raw 16-bit layers come back bit-exact)."""
+        return dequantize_cache(self.cache)
+
+
+# --- encoding -----------------------------------------------------------------------------------------------
+def _canonical(header: Mapping[str, Any]) -> bytes:
+    return json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _le_bytes(t: torch.Tensor) -> np.ndarray:
+    """The tensor's elements as little-endian bytes (a uint8 view, no copy on little-endian hosts)."""
+    st = _ST_OF_TORCH[t.dtype]
+    _, np_le = _ST_TYPES[st]
+    bits_view = t.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:
+        bits_view = bits_view.view(torch.int16)
+    arr = bits_view.numpy().reshape(-1)
+    return arr.astype(np.dtype(np_le), copy=False).view(np.uint8)
+
+
+def _tensor_info(t: LayerTensor) -> dict[str, Any]:
+    if isinstance(t, QuantizedTensor):
+        return {
+            "shape": list(t.shape),
+            "dtype": t.dtype,
+            "axis": t.axis,
+            "group": t.group_size,
+            "sym": t.symmetric,
+        }
+    name = next((n for n, d in DTYPES.items() if d == t.dtype), None)
+    if name is None:
+        raise ValueError(f"encode_blob: raw layers must be one of {sorted(DTYPES)}, got {t.dtype}")
+    return {"shape": list(t.shape), "dtype": name}
+
+
+def _layer_tensors(prefix: str, t: LayerTensor) -> list[tuple[str, torch.Tensor]]:
+    if isinstance(t, QuantizedTensor):
+        parts = [(f"{prefix}.codes", t.codes), (f"{prefix}.scale", t.scale)]
+        if t.zero is not None:
+            parts.append((f"{prefix}.zero", t.zero))
+        return parts
+    return [(f"{prefix}.raw", t)]
+
+
+def encode_blob(
+    cache: QuantizedCache | KVCache,
+    *,
+    model_fingerprint: str,
+    meta: Mapping[str, str] | None = None,
+    original_seq_len: int | None = None,
+) -> bytes:
+    """Serialize a cache (a KVCache is sent as is, every layer at 16 bits) into one scout-kv blob.
+
+    `original_seq_len` is the length of the sequence the positions index into (default: one past the largest
+    position). Everything `decode_blob` would refuse is refused here first, as ValueError.
+    """
+    qc = quantize_cache(cache, 16) if isinstance(cache, KVCache) else cache
+    if not isinstance(qc, QuantizedCache):
+        raise TypeError(f"encode_blob: expected a QuantizedCache or KVCache, got {type(cache).__name__}")
+    if not isinstance(model_fingerprint, str):
+        raise ValueError("encode_blob: model_fingerprint must be a string")
+    user = dict(meta or {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in user.items()):
+        raise ValueError("encode_blob: meta must map strings to strings")
+
+    positions = qc.positions.detach().to("cpu", torch.int64)
+    seq = int(positions.numel())
+    orig = (int(positions.max()) + 1 if seq else 0) if original_seq_len is None else int(original_seq_len)
+    _check_positions(positions, orig, ValueError)
+    if qc.num_layers > MAX_LAYERS:
+        raise ValueError(f"encode_blob: {qc.num_layers} layers exceed the format's limit of {MAX_LAYERS}")
+
+    layers: list[dict[str, Any]] = []
+    tensors: list[tuple[str, torch.Tensor]] = []
+    for i, (k, v) in enumerate(zip(qc.keys, qc.values, strict=True)):
+        bits = k.bits if isinstance(k, QuantizedTensor) else 16
+        entry = {"bits": bits, "k": _tensor_info(k), "v": _tensor_info(v)}
+        for t in (entry["k"], entry["v"]):
+            if max(t["shape"][0], t["shape"][2]) > MAX_HEADS_OR_DIM:
+                raise ValueError(f"encode_blob: layer {i} has a dimension beyond {MAX_HEADS_OR_DIM}")
+        layers.append(entry)
+        tensors += _layer_tensors(f"k.{i}", k) + _layer_tensors(f"v.{i}", v)
+    tensors.append(("positions", positions.to(torch.int32)))
+
+    arrays = [(name, t, _le_bytes(t)) for name, t in tensors]
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, t, arr in arrays:
+        header[name] = {
+            "dtype": _ST_OF_TORCH[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
+        offset += arr.nbytes
+    payload = bytearray(offset)
+    view = memoryview(payload)
+    pos = 0
+    for _, _, arr in arrays:
+        view[pos : pos + arr.nbytes] = arr.data
+        pos += arr.nbytes
+
+    metadata = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "model": model_fingerprint,
+        "num_layers": str(qc.num_layers),
+        "seq_len": str(seq),
+        "orig_seq_len": str(orig),
+        "layers": json.dumps(layers, separators=(",", ":")),
+        "user": json.dumps(user, sort_keys=True, separators=(",", ":")),
+    }
+    header["__metadata__"] = metadata
+    digest = hashlib.sha256(_canonical(header))
+    digest.update(payload)
+    metadata["sha256"] = digest.hexdigest()
+    head = _canonical(header)
+    head += b" " * (-len(head) % 8)  # align the payload to 8 bytes, as safetensors writers do
+    if len(head) > MAX_HEADER_BYTES:
+        raise ValueError("encode_blob: header exceeds the format's 16 MiB limit (too many layers?)")
+    return b"".join((struct.pack("<Q", len(head)), head, payload))
+
+
+# --- decoding -----------------------------------------------------------------------------------------------
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise BlobError(f"duplicate JSON key {key!r} in header")
+        out[key] = value
+    return out
+
+
+def _reject(token: str) -> Any:
+    raise BlobError(f"non-integer number {token!r} in header")
+
+
+def _strict_json(text: str | bytes, what: str) -> Any:
+    """json.loads, strictly: UTF-8 only (json.loads would also sniff UTF-16/32, which safetensors rejects),
+    no duplicate keys (another parser might keep the other one), integers only, no NaN/Infinity."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_reject, parse_constant=_reject)
+    except BlobError:
+        raise
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, int-size limit, nesting
+        raise BlobError(f"{what} is not valid JSON: {e}") from None
+
+
+def _buffer(data: Any, max_bytes: int) -> memoryview:
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 8:
+        raise BlobError(f"max_bytes must be an int >= 8, got {max_bytes!r}")
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise BlobError(f"blob must be bytes-like, got {type(data).__name__}")
+    view = memoryview(data)
+    if view.nbytes > max_bytes:
+        raise BlobError(f"blob of {view.nbytes} bytes exceeds the limit of {max_bytes}")
+    if view.ndim != 1 or view.itemsize != 1:
+        if not view.c_contiguous:
+            raise BlobError("blob must be a contiguous buffer")
+        view = view.cast("B")
+    if view.nbytes < 8:
+        raise BlobError(f"blob of {view.nbytes} bytes is too short for a header")
+    return view
+
+
+def _read_header(view: memoryview) -> tuple[dict[str, Any], int]:
+    (n,) = struct.unpack_from("<Q", view, 0)
+    if n < 2 or n > min(view.nbytes - 8, MAX_HEADER_BYTES):
+        raise BlobError(f"header length {n} is impossible for a blob of {view.nbytes} bytes")
+    header = _strict_json(bytes(view[8 : 8 + n]), "header")
+    if not isinstance(header, dict):
+        raise BlobError("header is not a JSON object")
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise BlobError("header has no __metadata__ string map")
+    return header, 8 + n
+
+
+def peek_header(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """The parsed JSON header (tensor index and `__metadata__`), reading nothing past it; no checksum."""
+    header, _ = _read_header(_buffer(data, max_bytes))
+    return header
+
+
+def _meta_int(text: str, what: str, lo: int = 0, hi: int = MAX_SEQ) -> int:
+    """A strict decimal int from a metadata string (int() would also accept signs, spaces and underscores)."""
+    if not _INT_RE.fullmatch(text):
+        raise BlobError(f"{what} is not a decimal integer: {text[:40]!r}")
+    return _json_int(int(text), what, lo, hi)
+
+
+def _json_int(value: Any, what: str, lo: int = 0, hi: int = MAX_SEQ) -> int:
+    """A JSON integer (not a bool, string or float) within [lo, hi]."""
+    if type(value) is not int:
+        raise BlobError(f"{what} must be an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise BlobError(f"{what} = {value} outside [{lo}, {hi}]")
+    return value
+
+
+@dataclass(frozen=True)
+class _TensorLayout:
+    shape: tuple[int, int, int]
+    dtype: str
+    bits: int
+    axis: str = ""
+    group: int = 0
+    sym: bool = False
+
+
+def _parse_tensor_info(obj: Any, bits: int, seq: int, where: str) -> _TensorLayout:
+    keys = {"shape", "dtype"} if bits == 16 else {"shape", "dtype", "axis", "group", "sym"}
+    if not isinstance(obj, dict) or set(obj) != keys:
+        raise BlobError(f"{where}: expected keys {sorted(keys)}")
+    shape = obj["shape"]
+    if not isinstance(shape, list) or len(shape) != 3:
+        raise BlobError(f"{where}: shape must be a list of 3 ints")
+    heads = _json_int(shape[0], f"{where} heads", 0, MAX_HEADS_OR_DIM)
+    s = _json_int(shape[1], f"{where} seq", 0, MAX_SEQ)
+    dim = _json_int(shape[2], f"{where} head_dim", 0, MAX_HEADS_OR_DIM)
+    if s != seq:
+        raise BlobError(f"{where}: seq {s} but {seq} cached tokens")
+    if obj["dtype"] not in DTYPES:
+        raise BlobError(f"{where}: unknown dtype {obj['dtype']!r}")
+    if bits == 16:
+        return _TensorLayout((heads, s, dim), obj["dtype"], 16)
+    if obj["axis"] not in ("token", "channel"):
+        raise BlobError(f"{where}: unknown axis {obj['axis']!r}")
+    if not isinstance(obj["sym"], bool):
+        raise BlobError(f"{where}: sym must be a boolean")
+    group = _json_int(obj["group"], f"{where} group", 1, MAX_GROUP_SIZE)
+    return _TensorLayout((heads, s, dim), obj["dtype"], bits, obj["axis"], group, obj["sym"])
+
+
+def _expected_tensors(prefix: str, t: _TensorLayout) -> dict[str, tuple[str, tuple[int, ...]]]:
+    if t.bits == 16:
+        return {f"{prefix}.raw": (_ST_OF_TORCH[DTYPES[t.dtype]], t.shape)}
+    groups = scale_shape(t.shape, t.axis, t.group)
+    out = {
+        f"{prefix}.codes": ("U8", (packed_len(math.prod(t.shape), t.bits),)),
+        f"{prefix}.scale": ("F16", groups),
+    }
+    if not t.sym:
+        out[f"{prefix}.zero"] = ("F16", groups)
+    return out
+
+
+def _check_positions(positions: torch.Tensor, orig: int, exc: type[ValueError]) -> None:
+    if not 0 <= orig <= MAX_SEQ:
+        raise exc(f"original sequence length {orig} outside [0, {MAX_SEQ}]")
+    if positions.numel() > orig:
+        raise exc(f"{positions.numel()} positions but an original sequence of {orig}")
+    if positions.numel():
+        if int(positions.min()) < 0 or int(positions.max()) >= orig:
+            raise exc(f"positions must lie in [0, {orig})")
+        if int(torch.unique(positions).numel()) != positions.numel():
+            raise exc("positions must be unique")
+
+
+def _load(view: memoryview, start: int, st_dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    torch_dtype, np_le = _ST_TYPES[st_dtype]
+    count = math.prod(shape)
+    le = np.dtype(np_le)
+    arr = np.frombuffer(view, dtype=le, count=count, offset=start) if count else np.empty(0, dtype=le)
+    native = arr.astype(le.newbyteorder("="))  # always a copy: writable, owned, native byte order
+    t = torch.from_numpy(native)
+    if torch_dtype == torch.bfloat16:
+        t = t.view(torch.bfloat16)
+    return t.reshape(shape)
+
+
+def decode_blob(
+    data: bytes | bytearray | memoryview,
+    *,
+    expected_fingerprint: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> DecodedBlob:
+    """Validate and decode a scout-kv blob. Every failure is a BlobError (or one of its subclasses)."""
+    view = _buffer(data, max_bytes)
+    header, payload_start = _read_header(view)
+    meta: dict[str, str] = header["__metadata__"]
+
+    if meta.get("format") != FORMAT:
+        raise BlobError(f"not a {FORMAT} blob (format {str(meta.get('format'))[:40]!r})")
+    version = meta.get("version")
+    if version != str(VERSION):
+        raise BlobVersionError(str(version)[:40])
+    if set(meta) != _META_KEYS:
+        raise BlobError(f"metadata keys {sorted(meta)[:20]} differ from the v{VERSION} set")
+
+    num_layers = _meta_int(meta["num_layers"], "num_layers", 1, MAX_LAYERS)
+    seq = _meta_int(meta["seq_len"], "seq_len")
+    orig = _meta_int(meta["orig_seq_len"], "orig_seq_len")
+    if seq > orig:
+        raise BlobError(f"seq_len {seq} exceeds orig_seq_len {orig}")
+    layers_json = _strict_json(meta["layers"], "layers")
+    if not isinstance(layers_json, list) or len(layers_json) != num_layers:
+        raise BlobError(f"layers must be a JSON list of {num_layers} entries")
+    user = _strict_json(meta["user"], "user")
+    if not isinstance(user, dict) or not all(isinstance(v, str) for v in user.values()):
+        raise BlobError("user metadata must be a JSON object of strings")
+    if not isinstance(meta["sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", meta["sha256"]):
+        raise BlobError("sha256 must be 64 lowercase hex digits")
+
+    layouts: list[tuple[_TensorLayout, _TensorLayout]] = []
+    expected: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for i, entry in enumerate(layers_json):
+        if not isinstance(entry, dict) or set(entry) != {"bits", "k", "v"}:
+            raise BlobError(f"layer {i}: expected keys bits, k, v")
+        bits = entry["bits"]
+        if isinstance(bits, bool) or bits not in (2, 4, 8, 16):
+            raise BlobError(f"layer {i}: bits must be 2, 4, 8 or 16, got {str(bits)[:20]}")
+        k = _parse_tensor_info(entry["k"], bits, seq, f"layer {i} k")
+        v = _parse_tensor_info(entry["v"], bits, seq, f"layer {i} v")
+        if k.shape[0] != v.shape[0]:
+            raise BlobError(f"layer {i}: key and value head counts differ")
+        layouts.append((k, v))
+        expected |= _expected_tensors(f"k.{i}", k) | _expected_tensors(f"v.{i}", v)
+    expected["positions"] = ("I32", (seq,))
+
+    # The tensor index must match the metadata exactly, and tile the payload without gaps or overlaps.
+    index = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    if set(index) != set(expected):
+        missing, extra = sorted(set(expected) - set(index)), sorted(set(index) - set(expected))
+        raise BlobError(f"tensor index mismatch: missing {missing[:5]}, unexpected {extra[:5]}")
+    payload_len = view.nbytes - payload_start
+    spans: list[tuple[int, int, str]] = []
+    for name, (st_dtype, shape) in expected.items():
+        entry = index[name]
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise BlobError(f"tensor {name}: malformed index entry")
+        if entry["dtype"] != st_dtype:
+            raise BlobError(f"tensor {name}: dtype {str(entry['dtype'])[:20]!r}, expected {st_dtype}")
+        if entry["shape"] != list(shape) or not all(type(d) is int for d in entry["shape"]):
+            raise BlobError(f"tensor {name}: shape {str(entry['shape'])[:60]} disagrees with the metadata")
+        offsets = entry["data_offsets"]
+        if not isinstance(offsets, list) or len(offsets) != 2:
+            raise BlobError(f"tensor {name}: data_offsets must be [begin, end]")
+        begin = _json_int(offsets[0], f"{name} begin", 0, payload_len)
+        end = _json_int(offsets[1], f"{name} end", 0, payload_len)
+        if end - begin != math.prod(shape) * _ST_TYPES[st_dtype][0].itemsize:
+            raise BlobError(f"tensor {name}: byte range [{begin}, {end}) does not hold shape {list(shape)}")
+        spans.append((begin, end, name))
+    spans.sort()
+    cursor = 0
+    for begin, end, name in spans:
+        if begin != cursor:
+            raise BlobError(f"tensor {name}: starts at {begin}, expected {cursor} (gap or overlap)")
+        cursor = end
+    if cursor != payload_len:
+        raise BlobError(f"payload is {payload_len} bytes but the tensors cover {cursor}")
+
+    claimed = meta["sha256"]
+    digest = hashlib.sha256(_canonical(_without_sha(header)))
+    digest.update(view[payload_start:])
+    if digest.hexdigest() != claimed:
+        raise BlobChecksumError("checksum mismatch: the blob is corrupt or was altered")
+    if expected_fingerprint is not None and meta["model"] != expected_fingerprint:
+        raise BlobFingerprintError(f"blob is for model {meta['model'][:80]!r}, expected {expected_fingerprint[:80]!r}")
+
+    # Validated: materialize (each tensor is one copy out of the buffer).
+    starts = {name: payload_start + begin for begin, _, name in spans}
+
+    def load(name: str) -> torch.Tensor:
+        st_dtype, shape = expected[name]
+        return _load(view, starts[name], st_dtype, shape)
+
+    positions = load("positions").to(torch.int64)
+    _check_positions(positions, orig, BlobError)
+    keys: list[LayerTensor] = []
+    values: list[LayerTensor] = []
+    for i, (k, v) in enumerate(layouts):
+        keys.append(_build(f"k.{i}", k, load))
+        values.append(_build(f"v.{i}", v, load))
+    try:
+        cache = QuantizedCache(keys=keys, values=values, positions=positions)
+    except ValueError as e:  # unreachable after the checks above; kept so the contract holds regardless
+        raise BlobError(f"inconsistent cache: {e}") from None
+    return DecodedBlob(
+        cache=cache,
+        model_fingerprint=meta["model"],
+        version=VERSION,
+        orig_seq_len=orig,
+        meta=user,
+        header_nbytes=payload_start,
+        payload_nbytes=payload_len,
+    )
+
+
+def _without_sha(header: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in header["__metadata__"].items() if k != "sha256"}
+    return {**header, "__metadata__": meta}
+
+
+def _build(prefix: str, t: _TensorLayout, load: Callable[[str], torch.Tensor]) -> LayerTensor:
+    if t.bits == 16:
+        return load(f"{prefix}.raw")
+    scale = load(f"{prefix}.scale")
+    zero = None if t.sym else load(f"{prefix}.zero")
+    if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
+        raise BlobError(f"{prefix}: scales must be finite and non-negative")
+    if zero is not None and not bool(torch.isfinite(zero).all()):
+        raise BlobError(f"{prefix}: zero points must be finite")
+    try:
+        return QuantizedTensor(
+            codes=load(f"{prefix}.codes"),
+            scale=scale,
+            zero=zero,
+            shape=t.shape,
+            dtype=t.dtype,
+            bits=t.bits,
+            axis=t.axis,
+            group_size=t.group,
+        )
+    except ValueError as e:  # unreachable after the checks above; kept so the contract holds regardless
+        raise BlobError(f"{prefix}: {e}") from None
