@@ -92,7 +92,7 @@ def models_prepare(
 def demo(
     model: ModelOpt = "smollm2-135m",
     rate_mbit: Annotated[float, typer.Option("--rate", help="simulated uplink rate, Mbit/s")] = 100.0,
-    example: Annotated[int, typer.Option("--example", help="index into the answerable SQuAD v2 sample")] = 0,
+    example: Annotated[int, typer.Option("--example", help="index into the answerable SQuAD v2 sample")] = 5,
     question: Annotated[str | None, typer.Option(help="your own question (with --context)")] = None,
     context: Annotated[str | None, typer.Option(help="your own document text")] = None,
     max_new_tokens: Annotated[int, typer.Option()] = 24,

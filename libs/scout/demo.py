@@ -31,7 +31,7 @@ def run_demo(
     *,
     model: str = "smollm2-135m",
     rate_mbit: float = 100.0,
-    example: int = 0,
+    example: int = 5,
     question: str | None = None,
     context: str | None = None,
     max_new_tokens: int = 24,
@@ -42,7 +42,7 @@ def run_demo(
     from scout.codec.wire import decode_blob, encode_blob
     from scout.eval.datasets import load_examples
     from scout.eval.metrics import clean_generation
-    from scout.inference import generate, generate_from_cache, prefill
+    from scout.inference import generate, generate_from_cache, prefill, warmup
     from scout.models import load_model
     from scout.prompts import build_prompt
 
@@ -58,6 +58,7 @@ def run_demo(
         t0 = time.perf_counter()
         lm = load_model(model, dtype=dtype, device=device)
         t["load"] = time.perf_counter() - t0
+        warmup(lm)
     prompt = build_prompt(lm.tokenizer, question=question, context=context)
     ids = prompt.input_ids
     console.print(f"[bold]question[/bold] {question}")

@@ -393,6 +393,14 @@ def generate_masked(
     return _finish(lm, tokens, finish, {"prefill": t1 - t0, "generate": time.perf_counter() - t1})
 
 
+@torch.inference_mode()
+def warmup(lm: LoadedModel, tokens: int = 16) -> None:
+    """One short forward pass so that later timings exclude one-off kernel initialisation."""
+    ids = torch.arange(1, tokens + 1, device=lm.device).unsqueeze(0) % lm.spec.vocab_size
+    _set_attn(lm.model, register_capture_attention())
+    lm.model(input_ids=ids, use_cache=True)
+
+
 def keep_mask(n: int, context: range | slice, kept_context: Sequence[int] | torch.Tensor) -> torch.Tensor:
     """Bool mask over n prompt positions: everything visible except context positions not in `kept_context`
     (indices relative to the context start)."""

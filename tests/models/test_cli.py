@@ -1,0 +1,55 @@
+"""The `scout` command line: instant help, model listing, and the README's demo end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from scout.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("demo", "ask", "models"):
+        assert cmd in result.output
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys; from scout.cli import app; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_models_list_json_reports_smollm2() -> None:
+    result = runner.invoke(app, ["models", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["alias"]: r for r in json.loads(result.output)}
+    assert set(rows) == {"smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"}
+    assert rows["smollm2-135m"]["installed"] is True
+
+
+def test_prepare_unknown_alias_fails_with_one_line() -> None:
+    result = runner.invoke(app, ["models", "prepare", "no-such-model"])
+    assert result.exit_code == 2
+    assert "unknown model alias" in result.output
+
+
+@pytest.mark.models
+def test_demo_answers_from_a_rebuilt_cache() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "scout.cli", "demo", "--max-new-tokens", "8", "--rate", "400"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "sha256-verified" in out and "answer (from the rebuilt cache)" in out
+    assert "(identical tokens)" in out
