@@ -21,6 +21,10 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List and prepare models (offline aliases, local folders, HF ids).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+bench_app = typer.Typer(
+    help="Benchmarks: results written to JSON and Markdown (and PNG where plotted).", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
 console = Console()
 err = Console(stderr=True)
 

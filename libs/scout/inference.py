@@ -39,6 +39,7 @@ class _CaptureState(threading.local):
     def __init__(self) -> None:
         self.rows: slice | None = None
         self.queries: dict[int, torch.Tensor] = {}
+        self.scaling: float | None = None
 
 
 _capture = _CaptureState()
@@ -53,6 +54,7 @@ def _capture_attention(
     if _capture.rows is not None:
         # query: [batch, heads, q_len, head_dim], RoPE already applied by the attention module.
         _capture.queries[int(module.layer_idx)] = query[0, :, _capture.rows, :].detach().clone()
+        _capture.scaling = float(getattr(module, "scaling", query.shape[-1] ** -0.5))
     return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
 
 
@@ -85,6 +87,7 @@ class PrefillResult:
     logits: torch.Tensor  # [vocab], float32, for the token after the last prompt token
     attentions: list[torch.Tensor] | None = None  # per layer [heads, rows, seq] (rows = attention_rows)
     queries: list[torch.Tensor] | None = None  # per layer [heads, rows, head_dim], post-RoPE
+    scaling: float | None = None  # the attention modules' softmax scale (1/sqrt(head_dim) for Llama/Qwen2)
     seconds: float = 0.0
 
 
@@ -158,8 +161,8 @@ def prefill(
             output_attentions=output_attentions,
         )
     finally:
-        rows_captured = _capture.queries
-        _capture.rows, _capture.queries = None, {}
+        rows_captured, scaling = _capture.queries, _capture.scaling
+        _capture.rows, _capture.queries, _capture.scaling = None, {}, None
     seconds = time.perf_counter() - t0
     cache = out.past_key_values
     kv = KVCache.from_hf(cache, positions=pos[0].cpu())
@@ -175,6 +178,7 @@ def prefill(
         logits=out.logits[0, -1].float(),
         attentions=attentions,
         queries=queries,
+        scaling=scaling,
         seconds=seconds,
     )
 
