@@ -25,6 +25,16 @@ bench_app = typer.Typer(
     help="Benchmarks: results written to JSON and Markdown (and PNG where plotted).", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
+
+
+def _register_commands() -> None:
+    from scout.commands import selection
+
+    for module in (selection,):
+        module.register(app, bench_app)
+
+
+_register_commands()
 console = Console()
 err = Console(stderr=True)
 
