@@ -28,9 +28,9 @@ app.add_typer(bench_app, name="bench")
 
 
 def _register_commands() -> None:
-    from scout.commands import selection
+    from scout.commands import policy, selection
 
-    for module in (selection,):
+    for module in (selection, policy):
         module.register(app, bench_app)
 
 

@@ -191,8 +191,15 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("scout"))
 
 
+def _transformers_major() -> str:
+    from importlib.metadata import version
+
+    return "tf" + version("transformers").split(".")[0]
+
+
 def prepared_dir(alias: str) -> Path:
-    return cache_dir() / "models" / alias
+    """Per transformers major version: the saved tokenizer/config format differs between 4.x and 5.x."""
+    return cache_dir() / "models" / _transformers_major() / alias
 
 
 def is_prepared(alias: str) -> bool:
@@ -340,7 +347,7 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
     fp32 keeps the dequantised values exactly; loading casts to the requested dtype.
     """
     import torch
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _quiet_transformers():
@@ -354,8 +361,32 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out)
     tok.save_pretrained(out)
-    save_model(model, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_file(_untied_state_dict(model), str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     del model
+
+
+def _untied_state_dict(model: Any) -> dict[str, Any]:
+    """The state dict with each shared tensor stored once, under the name transformers reloads it from.
+
+    Tied weights (e.g. `lm_head.weight` sharing `model.embed_tokens.weight`) must be written under the input
+    embedding's name: transformers 5 re-ties either way, but 4.x only re-ties from the embedding and would
+    otherwise leave it uninitialised.
+    """
+    tied = model._tied_weights_keys if isinstance(getattr(model, "_tied_weights_keys", None), (list, tuple)) else []
+    tied_names = set(tied) | ({"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set())
+    by_storage: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    out: dict[str, Any] = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        kept = by_storage.get(key)
+        if kept is None:
+            by_storage[key] = name
+            out[name] = tensor.contiguous()
+        elif kept in tied_names and name not in tied_names:  # prefer the embedding's name over lm_head's
+            del out[kept]
+            by_storage[key] = name
+            out[name] = tensor.contiguous()
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -427,7 +458,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def tokenizer_dir(alias: str) -> Path:
-    return cache_dir() / "tokenizers" / alias
+    return cache_dir() / "tokenizers" / _transformers_major() / alias
 
 
 def prepare_tokenizer(alias: str) -> Path:

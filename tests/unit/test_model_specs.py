@@ -99,7 +99,28 @@ def test_parts_are_joined_in_numeric_order_and_checksum_is_enforced(
         models.prepare("order")
     # nothing half-written is left in the cache after the refusal
     assert not models.is_prepared("order")
-    leftovers = list((tmp_path / "cache" / "models").iterdir())
+    leftovers = list(models.prepared_dir("order").parent.iterdir())
     assert leftovers == []
     for i in range(1, 12):
         sys.modules.pop(f"scout_order_part{i}", None)
+
+
+def test_tied_embeddings_are_saved_under_the_embedding_name() -> None:
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        num_hidden_layers=1,
+        hidden_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        vocab_size=100,
+        tie_word_embeddings=True,
+    )
+    model = Qwen2ForCausalLM(cfg)
+    state = models._untied_state_dict(model)
+    assert "model.embed_tokens.weight" in state and "lm_head.weight" not in state
+    assert torch.equal(state["model.embed_tokens.weight"], model.lm_head.weight)
+    ptrs = [t.untyped_storage().data_ptr() for t in state.values()]
+    assert len(ptrs) == len(set(ptrs))  # nothing shared: safetensors refuses shared storage
