@@ -28,9 +28,10 @@ app.add_typer(bench_app, name="bench")
 
 
 def _register_commands() -> None:
+    from scout.commands import eval as eval_commands
     from scout.commands import policy, selection
 
-    for module in (selection, policy):
+    for module in (selection, policy, eval_commands):
         module.register(app, bench_app)
 
 
