@@ -1,0 +1,1 @@
+"""Scout services (one package per role)."""
