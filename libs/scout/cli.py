@@ -29,9 +29,9 @@ app.add_typer(bench_app, name="bench")
 
 def _register_commands() -> None:
     from scout.commands import eval as eval_commands
-    from scout.commands import policy, selection
+    from scout.commands import policy, selection, serve
 
-    for module in (selection, policy, eval_commands):
+    for module in (selection, policy, eval_commands, serve):
         module.register(app, bench_app)
 
 
@@ -132,29 +132,6 @@ def demo(
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
-
-
-@app.command()
-def ask(
-    question: Annotated[str, typer.Argument()],
-    context: Annotated[str, typer.Option("--context", "-c", help="document text, or @file to read it")] = "",
-    model: ModelOpt = "smollm2-135m",
-    max_new_tokens: Annotated[int, typer.Option()] = 32,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = "bf16",
-) -> None:
-    """Answer a question about a document with one model, locally (greedy)."""
-    from scout.inference import generate
-    from scout.models import load_model
-    from scout.prompts import build_prompt
-
-    if context.startswith("@"):
-        with open(context[1:], encoding="utf-8") as f:
-            context = f.read()
-    lm = load_model(model, dtype=dtype, device=device)
-    p = build_prompt(lm.tokenizer, question=question, context=context, task="extractive_qa" if context else "open_qa")
-    g = generate(lm, p.input_ids, max_new_tokens=max_new_tokens)
-    console.print(g.text.strip())
 
 
 def main() -> None:
