@@ -29,9 +29,9 @@ app.add_typer(bench_app, name="bench")
 
 def _register_commands() -> None:
     from scout.commands import eval as eval_commands
-    from scout.commands import policy, selection, serve
+    from scout.commands import codec, policy, selection
 
-    for module in (selection, policy, eval_commands, serve):
+    for module in (selection, policy, eval_commands, codec):
         module.register(app, bench_app)
 
 
