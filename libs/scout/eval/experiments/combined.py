@@ -30,7 +30,7 @@ class CombinedExperiment(Experiment):
         self.lm = load_model(self.cfg.model, dtype=self.cfg.dtype, device=self.cfg.device)
         warmup(self.lm)
         self.selector = get_selector(self.cfg.options.get("selector", "q2c"))
-        self.codecs = {name: codec(name) for name in self.cfg.options.get("codecs", DEFAULT_CODECS)}
+        self.codecs = {name: codec(name, self.lm.spec) for name in self.cfg.options.get("codecs", DEFAULT_CODECS)}
         self.retentions = [float(r) for r in self.cfg.options.get("retentions", DEFAULT_RETENTIONS)]
         return {"model": model_identity(self.cfg.model)}
 

@@ -28,7 +28,7 @@ class QuantizationExperiment(Experiment):
 
         self.lm = load_model(self.cfg.model, dtype=self.cfg.dtype, device=self.cfg.device)
         warmup(self.lm)
-        self.codecs = {name: codec(name) for name in self.cfg.options.get("codecs", DEFAULT_CODECS)}
+        self.codecs = {name: codec(name, self.lm.spec) for name in self.cfg.options.get("codecs", DEFAULT_CODECS)}
         return {"model": model_identity(self.cfg.model)}
 
     def run_sample(self, ex: Example) -> dict[str, dict[str, Any]]:

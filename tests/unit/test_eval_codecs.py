@@ -1,0 +1,50 @@
+"""The experiments' codec names map to the real codec with the sizes and errors each name promises."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from scout.eval.experiments.codecs import codec
+from scout.kvcache import KVCache
+
+SPEC = SimpleNamespace(head_dim=64, fingerprint="0" * 16)
+
+
+@pytest.fixture(scope="module")
+def kv() -> KVCache:
+    g = torch.Generator().manual_seed(0)
+    layers = [torch.randn(2, 40, 64, generator=g) for _ in range(6)]
+    return KVCache(layers[:3], layers[3:], torch.arange(40))
+
+
+def test_bf16_is_identity(kv: KVCache) -> None:
+    rebuilt, nbytes = codec("bf16", SPEC)(kv)
+    assert rebuilt.equal(kv) and nbytes == kv.nbytes()
+
+
+def test_sizes_shrink_with_bits_and_grow_with_kept_layers(kv: KVCache) -> None:
+    size = {n: codec(n, SPEC)(kv)[1] for n in ("int8", "int4", "int2", "int4-study", "int4-study:keep=0")}
+    assert size["int2"] < size["int4"] < size["int8"] < kv.nbytes()
+    assert size["int4-study"] < size["int4-study:keep=0"] < kv.nbytes()
+
+
+def test_kept_layers_are_exact_and_others_are_not(kv: KVCache) -> None:
+    rebuilt, _ = codec("int2:keep=0,2", SPEC)(kv)
+    assert torch.equal(rebuilt.keys[0], kv.keys[0]) and torch.equal(rebuilt.values[2], kv.values[2])
+    assert not torch.equal(rebuilt.keys[1], kv.keys[1])
+
+
+def test_delta_codecs_round_trip_within_quantization_error(kv: KVCache) -> None:
+    for bits, tol in ((8, 0.05), (4, 1.0)):
+        rebuilt, nbytes = codec(f"delta-int{bits}", SPEC)(kv)
+        assert nbytes < kv.nbytes()
+        assert max(float((a - b).abs().max()) for a, b in zip(rebuilt.keys, kv.keys, strict=True)) < tol
+
+
+def test_unknown_names_are_refused() -> None:
+    for bad in ("int3", "fp8", "delta-int4:keep=0", "int4-foo"):
+        with pytest.raises(KeyError):
+            codec(bad, SPEC)
