@@ -37,6 +37,7 @@ class SelectionBenchConfig:
     repeats: int = 3
     out: Path = Path("reports/bench_selection")
     dtype: str = "bf16"
+    methods: Sequence[str] | None = None  # labels of VARIANTS to run; None = all
 
 
 def long_context(tokenizer: Any, n_tokens: int) -> tuple[str, str]:
@@ -111,7 +112,7 @@ def _bench_length(lm: Any, n: int, cfg: SelectionBenchConfig, log: ResultLog, pr
         )
         progress(f"{model_name} n={n} prefill {med:.2f}s")
     for label, name, options in VARIANTS:
-        if log.has(model=model_name, length=n, method=label):
+        if log.has(model=model_name, length=n, method=label) or (cfg.methods and label not in cfg.methods):
             continue
         row: dict[str, Any] = {**base, "method": label}
         if options.get("impl") == "eager":

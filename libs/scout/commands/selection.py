@@ -19,6 +19,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         memory_budget_gib: Annotated[float, typer.Option(help="skip eager Q2C above this estimate")] = 8.0,
         repeats: Annotated[int, typer.Option(help="timing repeats for contexts up to 1K")] = 3,
         out: Annotated[Path, typer.Option(help="output folder")] = Path("reports/bench_selection"),
+        methods: Annotated[
+            str | None, typer.Option(help="only these method labels, e.g. 'q2c (hook),q2c (eager)'")
+        ] = None,
     ) -> None:
         """Scoring time and peak memory per selector at several context lengths (JSON + Markdown + PNG)."""
         from scout.benchmarks.selection import SelectionBenchConfig, run_selection_bench
@@ -29,6 +32,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             memory_budget_gib=memory_budget_gib,
             repeats=repeats,
             out=out,
+            methods=[m.strip() for m in methods.split(",")] if methods else None,
         )
         run_selection_bench(cfg, progress=lambda m: console.print(f"  {m}"))
         console.print(f"[green]written[/green] {out}/README.md, results.json, selection_bench.png")
