@@ -28,10 +28,10 @@ app.add_typer(bench_app, name="bench")
 
 
 def _register_commands() -> None:
+    from scout.commands import codec, policy, selection, serve
     from scout.commands import eval as eval_commands
-    from scout.commands import codec, policy, selection
 
-    for module in (selection, policy, eval_commands, codec):
+    for module in (selection, policy, eval_commands, serve, codec):
         module.register(app, bench_app)
 
 

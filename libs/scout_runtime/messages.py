@@ -59,6 +59,8 @@ __all__ = [
     "CloudMode",
     "DecodeRequest",
     "DecodeResult",
+    "EncodeReply",
+    "EncodeRequest",
     "ErrorReply",
     "Health",
     "LinkState",
@@ -79,6 +81,8 @@ CloudMode = Literal["full", "int8", "int4", "mixed", "scout", "text"]
 """Modes a cloud decoder serves (``local`` never reaches the cloud)."""
 KV_MODES: frozenset[str] = frozenset({"full", "int8", "int4", "mixed"})
 """Modes that ship a KV blob through the store."""
+KVMode = Literal["full", "int8", "int4", "mixed"]
+"""`KV_MODES` as a type (what the quantizer encodes)."""
 
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _FINGERPRINT_RE = re.compile(r"[0-9a-f]{16}")
@@ -451,6 +455,100 @@ class DecodeResult(Message):
     """Seconds per decoder stage: fetch, verify, decode (dequantize/rebuild or re-prefill), generate."""
     decoder_id: str = Field(default="", max_length=128)
     deliveries: int = Field(default=1, ge=1)
+
+
+# --- encode (selector -> quantizer) --------------------------------------------------------------------------
+class EncodeRequest(Message):
+    """Selector -> quantizer on ``scout.v1.encode``: encode the staged raw KV per plan, upload it, enqueue the decode.
+
+    The raw KV (the hand-off cache, every layer at 16 bits) is staged in the *edge* store under
+    ``raw_blob_key`` (``<prefix>blob:<device_id>:<sha256>``, checked like `DecodeRequest.blob_key`). With
+    ``positions`` (base64 `scout.positions` bytes over the ``context_tokens`` context positions), only the kept
+    context positions survive (eviction); ``context_start`` says where the context lies in the prompt of
+    ``prompt_tokens`` tokens. The decode fields (``reply_to``, ``suffix_token_ids``, ``question``, …) are copied
+    into the `DecodeRequest` the quantizer enqueues.
+    """
+
+    type: Literal["encode"] = "encode"
+    request_id: Token
+    reply_to: str = Field(max_length=256)
+    device_id: DeviceId
+    model: Name
+    model_fingerprint: Fingerprint
+    mode: KVMode
+    retention: Retention = 1.0
+    bit_plan: str = Field(min_length=1, max_length=256)
+    raw_blob_key: str
+    raw_blob_bytes: int = Field(ge=0)
+    raw_blob_sha256: Sha256Hex
+    positions: str | None = Field(default=None, max_length=32 * 1024 * 1024)
+    context_start: int = Field(ge=0, le=1 << 24)
+    context_tokens: int = Field(ge=0, le=1 << 24)
+    prompt_tokens: int = Field(ge=1, le=1 << 24)
+    suffix_token_ids: list[Annotated[int, Field(ge=0, lt=1 << 31)]] = Field(default_factory=list, max_length=1 << 20)
+    question: str = Field(min_length=1, max_length=1 << 20)
+    task: str = Field(default="extractive_qa", max_length=64)
+    max_new_tokens: int = Field(default=32, ge=1, le=1 << 16)
+    trace_context: TraceContext = Field(default_factory=dict)
+
+    @field_validator("reply_to")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        if not is_valid_subject(value):
+            raise ValueError("reply_to must be a concrete subject of [A-Za-z0-9_-] tokens")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> EncodeRequest:
+        limits = _limits(info)
+        sha = self.raw_blob_sha256
+        if not _BLOB_KEY_RE.fullmatch(self.raw_blob_key) or not re.fullmatch(
+            rf"(?:[A-Za-z0-9_.-]+:)*blob:{re.escape(self.device_id)}:{sha}", self.raw_blob_key
+        ):
+            raise ValueError("raw_blob_key does not name this device's blob with this sha256")
+        if self.raw_blob_bytes > limits.max_blob_bytes:
+            raise ValueError(f"raw_blob_bytes {self.raw_blob_bytes} exceeds the limit of {limits.max_blob_bytes}")
+        if self.context_start + self.context_tokens > self.prompt_tokens - 1:
+            raise ValueError("the context must lie within the cached prompt (all tokens but the last)")
+        if self.context_tokens > limits.max_context_tokens:
+            raise ValueError(f"context_tokens exceeds the limit of {limits.max_context_tokens}")
+        if self.positions is not None:
+            if len(self.positions) > 4 * ((limits.max_positions_bytes + 2) // 3):
+                raise ValueError(f"positions exceed {limits.max_positions_bytes} bytes")
+            try:
+                base64.b64decode(self.positions, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("positions is not valid base64") from None
+        if len(self.suffix_token_ids) > limits.max_suffix_tokens:
+            raise ValueError(f"more than {limits.max_suffix_tokens} suffix tokens")
+        if len(self.question) > limits.max_question_chars:
+            raise ValueError(f"question exceeds {limits.max_question_chars} characters")
+        if self.max_new_tokens > limits.max_new_tokens:
+            raise ValueError(f"max_new_tokens {self.max_new_tokens} exceeds the limit of {limits.max_new_tokens}")
+        return self
+
+    def positions_bytes(self) -> bytes | None:
+        """The encoded kept-position set (validated base64 at construction), or None: no selection."""
+        return None if self.positions is None else base64.b64decode(self.positions, validate=True)
+
+
+class EncodeReply(Message):
+    """Quantizer -> selector: what crossed the uplink (the staged blob), how long it took, and the enqueue."""
+
+    type: Literal["encode_reply"] = "encode_reply"
+    request_id: Token
+    device_id: DeviceId
+    blob_key: str = Field(max_length=256)
+    blob_bytes: int = Field(ge=0)
+    blob_sha256: Sha256Hex
+    kept_tokens: int = Field(ge=0)
+    """Cached tokens in the blob (the hand-off cache after eviction)."""
+    timings: Timings = Field(default_factory=dict)
+    """Seconds per quantizer stage: fetch (raw KV), encode, upload (the uplink transfer), enqueue."""
+    goodput_bps: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """Measured upload goodput (also published as a `LinkState` with ``source="goodput"``)."""
+    sequence: int = Field(default=0, ge=0)
+    """The decode request's JetStream sequence."""
 
 
 # --- errors, link state, health ------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ Layout (``<root>`` is ``scout.v1``, or ``<namespace>.scout.v1`` when a namespace
 
     <root>.ask                  request/reply: client -> selector (`AskRequest` -> `AskReply` | `ErrorReply`)
     <root>.plan                 request/reply: selector -> transport policy (`PlanRequest` -> `Plan`)
+    <root>.encode               request/reply: selector -> quantizer (`EncodeRequest` -> `EncodeReply`); the
+                                quantizer encodes the staged raw KV per plan, uploads it and enqueues the decode
     <root>.decode               JetStream work queue (stream ``SCOUT_DECODE``, durable pull consumer
                                 ``scout-decoders`` shared by every decoder replica): `DecodeRequest`
     <root>.result.<token>       where a decoder publishes `DecodeResult` / `ErrorReply` (the request's reply_to)
@@ -39,6 +41,7 @@ __all__ = [
     "DECODE_STREAM",
     "DEFAULT",
     "DEVICE_ID_MAX_LEN",
+    "ENCODE",
     "ERRORS",
     "HEALTH",
     "LINK",
@@ -112,6 +115,10 @@ class Subjects:
         return f"{self.root}.plan"
 
     @property
+    def encode(self) -> str:
+        return f"{self.root}.encode"
+
+    @property
     def decode(self) -> str:
         return f"{self.root}.decode"
 
@@ -176,6 +183,7 @@ class Subjects:
 DEFAULT = Subjects()
 ASK = DEFAULT.ask
 PLAN = DEFAULT.plan
+ENCODE = DEFAULT.encode
 DECODE = DEFAULT.decode
 ERRORS = DEFAULT.errors
 LINK = DEFAULT.link_prefix

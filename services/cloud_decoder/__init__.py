@@ -1,0 +1,1 @@
+"""Cloud decoder role: the JetStream decode consumer (DESIGN.md, step 5)."""
