@@ -28,10 +28,10 @@ app.add_typer(bench_app, name="bench")
 
 
 def _register_commands() -> None:
-    from scout.commands import codec, policy, selection, serve
+    from scout.commands import codec, policy, selection, serve, shape
     from scout.commands import eval as eval_commands
 
-    for module in (selection, policy, eval_commands, serve, codec):
+    for module in (selection, policy, eval_commands, serve, codec, shape):
         module.register(app, bench_app)
 
 

@@ -57,17 +57,24 @@ class LinkBook:
         self.prior_bps = prior_bps
         self.max_devices = max_devices
         self._devices: OrderedDict[str, BandwidthEstimator] = OrderedDict()
+        self._shaper_rate: dict[str, float] = {}
 
     def update(self, state: LinkState) -> None:
         now = time.monotonic()
         est = self._devices.get(state.device_id)
-        if est is None or state.source == "shaper":
+        # A new configured rate from the shaper restarts the estimate; its periodic heartbeats repeating the same
+        # rate must not, or they would throw away the goodput the quantizer measured since.
+        changed = state.source == "shaper" and self._shaper_rate.get(state.device_id) != state.rate_bps
+        if state.source == "shaper":
+            self._shaper_rate[state.device_id] = state.rate_bps
+        if est is None or changed:
             est = make_estimator(self.spec, state.rate_bps)
             self._devices[state.device_id] = est
         est.update(now, state.rate_bps)
         self._devices.move_to_end(state.device_id)
         while len(self._devices) > self.max_devices:
-            self._devices.popitem(last=False)
+            dropped, _ = self._devices.popitem(last=False)
+            self._shaper_rate.pop(dropped, None)
 
     def bandwidth_bps(self, device_id: str) -> float:
         est = self._devices.get(device_id)

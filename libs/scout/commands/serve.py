@@ -28,8 +28,11 @@ ROLES: dict[str, str] = {
     "cloud_decoder": "cloud_decoder",
     "cloud-decoder": "cloud_decoder",
     "decoder": "cloud_decoder",
+    "shaper": "shaper",
 }
 MODES = ("full", "int8", "int4", "mixed", "scout", "text", "local")
+ROUTES = ("shared", "device")
+"""``scout ask --route``: which selectors may take the ask over NATS (`services.client.ask_subject`)."""
 
 console = Console()
 err = Console(stderr=True)
@@ -83,6 +86,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         max_new_tokens: Annotated[int, typer.Option()] = 32,
         device_id: Annotated[str, typer.Option(help="this device's id")] = "cli",
         http: Annotated[str | None, typer.Option(help="the selector's HTTP endpoint instead of NATS")] = None,
+        route: Annotated[
+            str,
+            typer.Option(
+                help="NATS only: shared (scout.v1.ask, selectors bound to no device) or device "
+                "(scout.v1.ask.<device-id>, only the selector bound to --device-id)"
+            ),
+        ] = "shared",
         timeout_s: Annotated[float, typer.Option(help="give up after this long")] = 120.0,
         embedded: Annotated[
             bool, typer.Option(help="no services: run every role's computation in this process (scout.pipeline)")
@@ -97,6 +107,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         chosen, the bytes sent and the latency breakdown. --embedded answers without any service."""
         if mode is not None and mode not in MODES:
             _fail(f"--mode must be one of {', '.join(MODES)}")
+        if route not in ROUTES:
+            _fail(f"--route must be one of {', '.join(ROUTES)}")
         try:
             text = document.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
@@ -105,7 +117,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             fields = _ask_embedded(question, text, mode, retention, deadline_ms, max_new_tokens, model, bandwidth_mbit)
         else:
             fields = _ask_service(
-                question, text, mode, retention, deadline_ms, max_new_tokens, device_id, http, timeout_s
+                question, text, mode, retention, deadline_ms, max_new_tokens, device_id, http, timeout_s, route
             )
         if as_json:
             console.print_json(json.dumps(fields))
@@ -150,6 +162,7 @@ def _ask_service(
     device_id: str,
     http: str | None,
     timeout_s: float,
+    route: str = "shared",
 ) -> dict[str, Any]:
     client = importlib.import_module("services.client")
     _quiet_bus()
@@ -164,6 +177,7 @@ def _ask_service(
             device_id=device_id,
             http_url=http,
             timeout_s=timeout_s,
+            route=route,
         )
     except client.AskFailed as e:
         _fail(str(e))
