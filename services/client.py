@@ -1,11 +1,17 @@
-"""A client of the selector: send an `AskRequest` over NATS (``scout.v1.ask``) or HTTP (``POST /v1/ask``), get the
-`AskReply` or the typed error. What ``scout ask`` uses; small enough to read as the protocol's reference client."""
+"""A client of the selector: send an `AskRequest` over NATS or HTTP (``POST /v1/ask``), get the `AskReply` or the
+typed error. What ``scout ask`` uses; small enough to read as the protocol's reference client.
+
+Over NATS, ``route`` says which selectors may take the ask: ``shared`` (the default) sends it to ``scout.v1.ask``,
+served by selectors bound to no device; ``device`` sends it to ``scout.v1.ask.<device_id>``, served only by the
+selector bound to the request's device (``SCOUT_SELECTOR_DEVICE_ID``, one per edge device pod). Over HTTP the URL
+already names one selector, so ``route`` does not apply (a bound selector refuses another device's ask with 403).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -15,15 +21,34 @@ from scout_runtime.messages import AskReply, AskRequest, parse_reply
 from scout_runtime.rpc import call
 from scout_runtime.settings import Settings
 
-__all__ = ["AskFailed", "ask", "ask_fields"]
+__all__ = ["ROUTES", "AskFailed", "Route", "ask", "ask_fields", "ask_subject"]
+
+Route = Literal["shared", "device"]
+ROUTES: tuple[Route, ...] = ("shared", "device")
+
+
+def ask_subject(settings: Settings, device_id: str, route: Route = "shared") -> str:
+    """The subject an ask for ``device_id`` goes to over NATS (see the module docstring)."""
+    if route == "shared":
+        return settings.subjects().ask
+    if route == "device":
+        return settings.subjects().ask_device(device_id)
+    raise ValueError(f"route must be one of {', '.join(ROUTES)}")
 
 
 async def ask(
-    request: AskRequest, *, settings: Settings | None = None, http_url: str | None = None, timeout_s: float = 120.0
+    request: AskRequest,
+    *,
+    settings: Settings | None = None,
+    http_url: str | None = None,
+    timeout_s: float = 120.0,
+    route: Route = "shared",
 ) -> AskReply:
     """One ask. ``http_url`` (e.g. ``http://127.0.0.1:8080``) uses the selector's HTTP endpoint, otherwise NATS
-    (``SCOUT_NATS_URL``, ``SCOUT_NAMESPACE``). An `ErrorReply` is raised as its `ScoutError`."""
+    (``SCOUT_NATS_URL``, ``SCOUT_NAMESPACE``) on the subject ``route`` picks (`ask_subject`). An `ErrorReply` is
+    raised as its `ScoutError`."""
     settings = settings or Settings()
+    subject = ask_subject(settings, request.device_id, route)
     if http_url:
         import aiohttp
 
@@ -39,9 +64,7 @@ async def ask(
         return parse_reply(AskReply, body, limits=settings.limits())
     bus = await connect_bus(settings, name="scout-ask")
     try:
-        return await call(
-            bus, settings.subjects().ask, request, AskReply, timeout_s=timeout_s, limits=settings.limits()
-        )
+        return await call(bus, subject, request, AskReply, timeout_s=timeout_s, limits=settings.limits())
     finally:
         await bus.close()
 
@@ -62,6 +85,7 @@ def ask_fields(
     http_url: str | None = None,
     timeout_s: float = 120.0,
     settings: Settings | None = None,
+    route: Route = "shared",
 ) -> dict[str, Any]:
     """``scout ask``: build the request, send it, return the reply as plain fields (plus the plan's reason)."""
     try:
@@ -78,8 +102,10 @@ def ask_fields(
     except ValidationError as e:
         first = e.errors(include_url=False, include_input=False)[0]
         raise AskFailed(f"invalid request: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if route not in ROUTES:
+        raise AskFailed(f"invalid request: route must be one of {', '.join(ROUTES)}")
     try:
-        reply = asyncio.run(ask(request, settings=settings, http_url=http_url, timeout_s=timeout_s))
+        reply = asyncio.run(ask(request, settings=settings, http_url=http_url, timeout_s=timeout_s, route=route))
     except ScoutError as e:
         raise AskFailed(f"{e.code.value}: {e.message}") from None
     fields = reply.model_dump(mode="json")

@@ -1,9 +1,10 @@
 """Wiring every role shares: logging, telemetry, metrics and health endpoints, spans, the ready line, shutdown.
 
 Why here: the four roles differ only in what they serve; how a role process starts (health endpoint first, then
-the slow part such as loading a model, then "ready"), how it reports itself (a JSON ready line on stdout with its
-bound ports, so a supervisor or a test can start it with port 0) and how it stops (SIGTERM: flip readiness to
-"draining", stop taking work, let in-flight work finish, flush telemetry, exit 0) must be the same for all.
+the slow part such as loading a model, then "ready": /readyz answers 503 until the role's ``start()`` has finished,
+`Role.mark_started`), how it reports itself (a JSON ready line on stdout with its bound ports, so a supervisor or a
+test can start it with port 0) and how it stops (SIGTERM: flip readiness to "draining", stop taking work, let
+in-flight work finish, flush telemetry, exit 0) must be the same for all.
 
 Every span a role makes carries ``scout.role`` (``start_span``'s ``role=`` attribute): an OTLP receiver sees spans
 without their resource, and a trace must still show which service did what.
@@ -64,7 +65,9 @@ class Role:
     settings: Settings
     telemetry: Telemetry
     metrics: ServiceMetrics
-    health: HealthState = field(default_factory=HealthState)
+    health: HealthState = field(default_factory=lambda: HealthState(started=False))
+    """Not ready until `mark_started` (`run_service` calls it once ``start()`` returns): the health endpoint is up
+    first, while the model loads, and must not report ready then."""
 
     @classmethod
     def create(
@@ -80,6 +83,10 @@ class Role:
         settings = settings or Settings()
         tel = telemetry or setup_telemetry(name, settings=settings, set_global=set_global)
         return cls(name=name, settings=settings, telemetry=tel, metrics=ServiceMetrics(name, registry))
+
+    def mark_started(self) -> None:
+        """The role's start has finished (model loaded, subscriptions made): /readyz may now answer 200."""
+        self.health.started = True
 
     @property
     def limits(self) -> Limits:
@@ -155,7 +162,8 @@ class Service(Protocol):
 
 
 async def run_service(service: Service) -> None:
-    """Run a role as this process: start it, print the ready line, wait for SIGTERM/SIGINT, stop gracefully.
+    """Run a role as this process: start it, mark it started (/readyz), print the ready line, wait for
+    SIGTERM/SIGINT, stop gracefully. A role started in-process without this calls ``role.mark_started()`` itself.
 
     The ready line is one JSON object on stdout: ``{"event": "ready", "role": …, "instance": …, "ports": {…}}``.
     """
@@ -166,6 +174,7 @@ async def run_service(service: Service) -> None:
     role = service.role
     try:
         await service.start()
+        role.mark_started()
         ready = {
             "event": "ready",
             "role": role.name,

@@ -5,8 +5,10 @@ roles in one process behind one /metrics, and dashboards/KEDA queries stay the s
 not. Families are created once per registry (`ServiceMetrics` for a second role reuses them).
 
 Liveness vs readiness: /healthz answers 200 while the event loop runs (a wedged loop fails it and the pod is
-restarted); /readyz runs the service's checks (bus connected, store reachable, model loaded) and answers 503 when one
-fails or while draining, so Kubernetes stops routing new work before a graceful shutdown finishes the in-flight work.
+restarted); /readyz answers 200 only once the service has started (`HealthState.started`: model loaded, subscriptions
+made) and while its checks pass (bus connected, store reachable), and 503 before, when one fails, or while draining,
+so Kubernetes routes no work to a pod that is still loading its model and stops routing new work before a graceful
+shutdown finishes the in-flight work.
 """
 
 from __future__ import annotations
@@ -154,10 +156,17 @@ Check = Callable[[], Awaitable[bool]]
 
 @dataclass
 class HealthState:
-    """Readiness checks and the draining flag a service flips when it starts shutting down."""
+    """Readiness: the started flag a service flips once its start has finished, its checks, and the draining flag
+    it flips when it starts shutting down.
+
+    ``started`` is a flag rather than one more check: checks are registered during a start (the bus check exists
+    only once there is a bus), so until the start has finished the set of checks says nothing, and an empty set
+    passes. A bare `HealthState` counts as started; a service's (``services.common.Role``) starts out not started.
+    """
 
     checks: dict[str, Check] = field(default_factory=dict)
     draining: bool = False
+    started: bool = True
     check_timeout_s: float = 2.0
 
     async def evaluate(self) -> dict[str, bool]:
@@ -191,8 +200,8 @@ def create_health_app(
 
     async def readyz(_: web.Request) -> web.Response:
         results = await state.evaluate()
-        ready = not state.draining and all(results.values())
-        body: dict[str, Any] = {"ready": ready, "draining": state.draining, "checks": results}
+        ready = state.started and not state.draining and all(results.values())
+        body: dict[str, Any] = {"ready": ready, "started": state.started, "draining": state.draining, "checks": results}
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_view(_: web.Request) -> web.Response:

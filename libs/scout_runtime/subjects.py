@@ -2,7 +2,10 @@
 
 Layout (``<root>`` is ``scout.v1``, or ``<namespace>.scout.v1`` when a namespace is configured):
 
-    <root>.ask                  request/reply: client -> selector (`AskRequest` -> `AskReply` | `ErrorReply`)
+    <root>.ask                  request/reply: client -> selector (`AskRequest` -> `AskReply` | `ErrorReply`),
+                                served by selectors not bound to a device (any device's asks)
+    <root>.ask.<device_id>      request/reply: client -> the selector bound to that one device
+                                (``SCOUT_SELECTOR_DEVICE_ID``), which serves nothing else
     <root>.plan                 request/reply: selector -> transport policy (`PlanRequest` -> `Plan`)
     <root>.encode               request/reply: selector -> quantizer (`EncodeRequest` -> `EncodeReply`); the
                                 quantizer encodes the staged raw KV per plan, uploads it and enqueues the decode
@@ -109,6 +112,16 @@ class Subjects:
     @property
     def ask(self) -> str:
         return f"{self.root}.ask"
+
+    def ask_device(self, device_id: str) -> str:
+        """Asks for one device only: what a device-bound selector (one per edge device pod) serves.
+
+        A separate subject rather than a filter on `ask`: with one shared queue group, NATS hands an ask to any
+        member, so a device's ask could reach another device's selector (another link, another store user).
+        ``<root>.ask`` and ``<root>.ask.<device_id>`` are distinct subjects; a subscriber to one never sees the
+        other's messages.
+        """
+        return f"{self.ask}.{validate_device_id(device_id)}"
 
     @property
     def plan(self) -> str:

@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 
 from scout.pipeline import KV_MODES, answer_local, edge_prefill, raw_kv_blob, uplink_payload_bytes
 from scout_runtime.bus import Bus, Msg
-from scout_runtime.errors import BadRequest, ScoutError, Timeout
+from scout_runtime.errors import BadRequest, Forbidden, ScoutError, Timeout
 from scout_runtime.messages import (
     AskReply,
     AskRequest,
@@ -121,9 +121,21 @@ class SelectorHandlers:
             t += int(seconds * 1e9)
             span.end(end_time=t)
 
+    def check_device(self, req: AskRequest) -> None:
+        """A selector bound to a device (``SCOUT_SELECTOR_DEVICE_ID``) serves that device's asks only: another
+        device's would be staged under the wrong link and refused by that device's store user anyway."""
+        own = self.args.device_id
+        if own is not None and req.device_id != own:
+            # Neither id is echoed: the caller learns that this selector is not its device's, not whose it is.
+            raise Forbidden(
+                "this selector serves one device only, and the request's device_id is not it",
+                request_id=req.request_id,
+            )
+
     async def ask(self, req: AskRequest) -> AskReply:
         role, rid = self.role, req.request_id
         role.mark_current(request_id=rid, device_id=req.device_id, model=self.args.model)
+        self.check_device(req)
         t_start = time.perf_counter()
         fut = self.waiter.expect(rid)
         try:

@@ -4,6 +4,13 @@ set of metrics; this instance's result subject; the edge store (raw KV) and the 
 
 HTTP errors carry the same `ErrorReply` JSON as the bus, with a status that says what kind of failure it is
 (`HTTP_STATUS`).
+
+Device binding (``SCOUT_SELECTOR_DEVICE_ID``, one selector per edge device pod): the selector serves only
+``<root>.ask.<device_id>`` (`Subjects.ask_device`), never the shared ``<root>.ask``, and answers an ask for another
+device, on either transport, with ``forbidden`` (403). Unbound (the default), it joins the shared subject's queue
+group and serves any device, as an embedded or dev deployment wants.
+
+/readyz answers 503 until `start` has finished (model loaded, subscriptions made, HTTP API listening).
 """
 
 from __future__ import annotations
@@ -109,7 +116,7 @@ class SelectorService:
         )
         self._ask_sub = await serve(
             bus,
-            role.subjects.ask,
+            self.ask_subject,
             AskRequest,
             self._ask_nats,
             queue=QUEUE_GROUP,
@@ -128,6 +135,15 @@ class SelectorService:
         await site.start()
         self._api = runner
         self._ports["http"] = int(runner.addresses[0][1])
+        bound = self.args.device_id
+        log.info("serving asks on %s (%s)", self.ask_subject, "any device" if bound is None else f"{bound} only")
+        role.mark_started()
+
+    @property
+    def ask_subject(self) -> str:
+        """Where this selector takes asks: its device's subject when bound to one, else the shared one."""
+        subjects = self.role.subjects
+        return subjects.ask if self.args.device_id is None else subjects.ask_device(self.args.device_id)
 
     async def _bus_ok(self) -> bool:
         return self.bus is not None and self.bus.is_connected
