@@ -55,6 +55,8 @@ def test_one_device_pod_per_entry_with_its_model_link_and_deadline(render) -> No
         spec = dep["spec"]["template"]["spec"]
         assert [c["name"] for c in spec["containers"]] == ["selector", "quantizer", "shaper", "local-store"]
         assert env_of(_container(spec, "selector"))["SCOUT_SELECTOR_MODEL"] == dev["model"]
+        # each device's selector serves only its own device's asks (scout.v1.ask.<device>)
+        assert env_of(_container(spec, "selector"))["SCOUT_SELECTOR_DEVICE_ID"] == dev["id"]
         shaper = _container(spec, "shaper")
         assert shaper["command"] == ["scout"] and shaper["args"][0] == "shape"
         params = parse_scout_cli(shaper["args"])
