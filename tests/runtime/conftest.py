@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as redis_async
 from pydantic import SecretStr
-from runtime_helpers import AclRedis, AuthNats, BusFactory, delete_prefix, reachable, start_nats, start_redis
+from runtime_helpers import AclRedis, AuthNats, BusFactory, delete_prefix, local_or_own_server, start_nats, start_redis
 
 from scout_runtime.bus import Bus, InProcessBroker, InProcessBus, NatsBus, WorkQueueSpec
 from scout_runtime.settings import Settings
@@ -34,25 +34,13 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
 @pytest.fixture(scope="session")
 def nats_url() -> Iterator[str]:
     """The local nats-server (127.0.0.1:4222, JetStream) if it runs, else one of our own."""
-    if reachable(4222):
-        yield "nats://127.0.0.1:4222"
-        return
-    server = start_nats()
-    yield f"nats://127.0.0.1:{server.port}"
-    server.stop()
-    shutil.rmtree(server.workdir, ignore_errors=True)
+    yield from local_or_own_server("nats")
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """The local redis-server (127.0.0.1:6379) if it runs, else one of our own."""
-    if reachable(6379):
-        yield "redis://127.0.0.1:6379/0"
-        return
-    server = start_redis()
-    yield f"redis://127.0.0.1:{server.port}/0"
-    server.stop()
-    shutil.rmtree(server.workdir, ignore_errors=True)
+    yield from local_or_own_server("redis")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,3 +149,21 @@ class AclRedis:
     url: str
     admin_password: str
     server: Server
+
+
+def local_or_own_server(kind: str) -> Iterator[str]:
+    """URL of the machine's nats-server (127.0.0.1:4222) or redis-server (127.0.0.1:6379) when it runs, else of
+    one started here for the session (and stopped after it): the generator behind both suites' server fixtures."""
+    port, start, url = {
+        "nats": (4222, start_nats, "nats://127.0.0.1:{port}"),
+        "redis": (6379, start_redis, "redis://127.0.0.1:{port}/0"),
+    }[kind]
+    if reachable(port):
+        yield url.format(port=port)
+        return
+    server = start()
+    try:
+        yield url.format(port=server.port)
+    finally:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)

@@ -21,7 +21,7 @@ import pytest_asyncio
 from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
-from runtime_helpers import delete_prefix, free_port, reachable, start_nats, start_redis
+from runtime_helpers import delete_prefix, free_port, local_or_own_server
 from stack import ServiceStack, SpanSink
 
 from scout.eval.datasets import Example, load_examples
@@ -37,24 +37,12 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
 
 @pytest.fixture(scope="session")
 def services_nats_url() -> Iterator[str]:
-    if reachable(4222):
-        yield "nats://127.0.0.1:4222"
-        return
-    server = start_nats()
-    yield f"nats://127.0.0.1:{server.port}"
-    server.stop()
-    shutil.rmtree(server.workdir, ignore_errors=True)
+    yield from local_or_own_server("nats")
 
 
 @pytest.fixture(scope="session")
 def services_redis_url() -> Iterator[str]:
-    if reachable(6379):
-        yield "redis://127.0.0.1:6379/0"
-        return
-    server = start_redis()
-    yield f"redis://127.0.0.1:{server.port}/0"
-    server.stop()
-    shutil.rmtree(server.workdir, ignore_errors=True)
+    yield from local_or_own_server("redis")
 
 
 @pytest.fixture(scope="session")
