@@ -398,21 +398,7 @@ class DecodeRequest(Message):
                 raise ValueError("scout mode needs positions")
             if self.mode == "text" and self.positions is not None:
                 raise ValueError("text mode sends no positions (use scout mode to select)")
-        if self.context_tokens > limits.max_context_tokens:
-            raise ValueError(f"context_tokens exceeds the limit of {limits.max_context_tokens}")
-        if self.positions is not None:
-            if len(self.positions) > 4 * ((limits.max_positions_bytes + 2) // 3):
-                raise ValueError(f"positions exceed {limits.max_positions_bytes} bytes")
-            try:
-                base64.b64decode(self.positions, validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError("positions is not valid base64") from None
-        if len(self.suffix_token_ids) > limits.max_suffix_tokens:
-            raise ValueError(f"more than {limits.max_suffix_tokens} suffix tokens")
-        if len(self.question) > limits.max_question_chars:
-            raise ValueError(f"question exceeds {limits.max_question_chars} characters")
-        if self.max_new_tokens > limits.max_new_tokens:
-            raise ValueError(f"max_new_tokens {self.max_new_tokens} exceeds the limit of {limits.max_new_tokens}")
+        _check_request_limits(self, limits)
         return self
 
     def positions_bytes(self) -> bytes | None:
@@ -510,21 +496,7 @@ class EncodeRequest(Message):
             raise ValueError(f"raw_blob_bytes {self.raw_blob_bytes} exceeds the limit of {limits.max_blob_bytes}")
         if self.context_start + self.context_tokens > self.prompt_tokens - 1:
             raise ValueError("the context must lie within the cached prompt (all tokens but the last)")
-        if self.context_tokens > limits.max_context_tokens:
-            raise ValueError(f"context_tokens exceeds the limit of {limits.max_context_tokens}")
-        if self.positions is not None:
-            if len(self.positions) > 4 * ((limits.max_positions_bytes + 2) // 3):
-                raise ValueError(f"positions exceed {limits.max_positions_bytes} bytes")
-            try:
-                base64.b64decode(self.positions, validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError("positions is not valid base64") from None
-        if len(self.suffix_token_ids) > limits.max_suffix_tokens:
-            raise ValueError(f"more than {limits.max_suffix_tokens} suffix tokens")
-        if len(self.question) > limits.max_question_chars:
-            raise ValueError(f"question exceeds {limits.max_question_chars} characters")
-        if self.max_new_tokens > limits.max_new_tokens:
-            raise ValueError(f"max_new_tokens {self.max_new_tokens} exceeds the limit of {limits.max_new_tokens}")
+        _check_request_limits(self, limits)
         return self
 
     def positions_bytes(self) -> bytes | None:
@@ -625,6 +597,26 @@ def _load(data: bytes | bytearray | memoryview, max_bytes: int) -> dict[str, Any
     if not isinstance(obj, dict):
         raise BadRequest("message must be a JSON object")
     return obj
+
+
+def _check_request_limits(req: DecodeRequest | EncodeRequest, limits: Limits) -> None:
+    """The limits a decode and an encode request share (context length, position set, suffix, question, output),
+    checked in one place so the two messages cannot drift apart."""
+    if req.context_tokens > limits.max_context_tokens:
+        raise ValueError(f"context_tokens exceeds the limit of {limits.max_context_tokens}")
+    if req.positions is not None:
+        if len(req.positions) > 4 * ((limits.max_positions_bytes + 2) // 3):
+            raise ValueError(f"positions exceed {limits.max_positions_bytes} bytes")
+        try:
+            base64.b64decode(req.positions, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("positions is not valid base64") from None
+    if len(req.suffix_token_ids) > limits.max_suffix_tokens:
+        raise ValueError(f"more than {limits.max_suffix_tokens} suffix tokens")
+    if len(req.question) > limits.max_question_chars:
+        raise ValueError(f"question exceeds {limits.max_question_chars} characters")
+    if req.max_new_tokens > limits.max_new_tokens:
+        raise ValueError(f"max_new_tokens {req.max_new_tokens} exceeds the limit of {limits.max_new_tokens}")
 
 
 def _check_version(obj: dict[str, Any], model_cls: type[Message]) -> None:
