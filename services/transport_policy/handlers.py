@@ -8,12 +8,10 @@ Samples are stamped with this process's monotonic clock on arrival: senders' clo
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from pathlib import Path
 
 from scout.pipeline import PolicyConfig, bit_plan_name, plan_request
-from scout.policy.estimators import BandwidthEstimator, make_estimator
+from scout.policy.estimators import LinkBook
 from scout_runtime.errors import BadRequest
 from scout_runtime.messages import LinkState, Plan, PlanRequest
 from services.transport_policy.args import PolicyArgs
@@ -48,42 +46,6 @@ def load_policy(args: PolicyArgs) -> PolicyConfig:
     )
 
 
-class LinkBook:
-    """Bandwidth estimators of the devices the policy has heard of (bounded, least recently updated dropped)."""
-
-    def __init__(self, estimator: str, prior_bps: float, max_devices: int) -> None:
-        make_estimator(estimator, prior_bps)  # validate the spec now, not on the first sample
-        self.spec = estimator
-        self.prior_bps = prior_bps
-        self.max_devices = max_devices
-        self._devices: OrderedDict[str, BandwidthEstimator] = OrderedDict()
-        self._shaper_rate: dict[str, float] = {}
-
-    def update(self, state: LinkState) -> None:
-        now = time.monotonic()
-        est = self._devices.get(state.device_id)
-        # A new configured rate from the shaper restarts the estimate; its periodic heartbeats repeating the same
-        # rate must not, or they would throw away the goodput the quantizer measured since.
-        changed = state.source == "shaper" and self._shaper_rate.get(state.device_id) != state.rate_bps
-        if state.source == "shaper":
-            self._shaper_rate[state.device_id] = state.rate_bps
-        if est is None or changed:
-            est = make_estimator(self.spec, state.rate_bps)
-            self._devices[state.device_id] = est
-        est.update(now, state.rate_bps)
-        self._devices.move_to_end(state.device_id)
-        while len(self._devices) > self.max_devices:
-            dropped, _ = self._devices.popitem(last=False)
-            self._shaper_rate.pop(dropped, None)
-
-    def bandwidth_bps(self, device_id: str) -> float:
-        est = self._devices.get(device_id)
-        return self.prior_bps if est is None else est.estimate()
-
-    def __len__(self) -> int:
-        return len(self._devices)
-
-
 class PolicyHandlers:
     """What the policy's subscriptions call."""
 
@@ -92,7 +54,7 @@ class PolicyHandlers:
         self.links = links
 
     def on_link(self, state: LinkState) -> None:
-        self.links.update(state)
+        self.links.update(state.device_id, state.rate_bps, state.source)
 
     def plan(self, req: PlanRequest) -> Plan:
         rate = self.links.bandwidth_bps(req.device_id)

@@ -9,6 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from scout.policy.estimators import LinkBook
 from scout_runtime.bus import Bus, Msg, Subscription, connect_bus
 from scout_runtime.errors import ScoutError
 from scout_runtime.messages import LinkState, Plan, PlanRequest, parse
@@ -17,7 +18,7 @@ from scout_runtime.settings import Settings
 from scout_runtime.telemetry import Telemetry
 from services.common import Role, configure_logging, run_service
 from services.transport_policy.args import PolicyArgs
-from services.transport_policy.handlers import LinkBook, PolicyHandlers, load_policy
+from services.transport_policy.handlers import PolicyHandlers, load_policy
 
 log = logging.getLogger("scout.policy")
 QUEUE_GROUP = "scout-policy"

@@ -15,7 +15,8 @@ the low quantile then return 0, and the planner falls back to modes that need no
 from __future__ import annotations
 
 import math
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -195,3 +196,43 @@ def make_estimator(spec: str, prior_bps: float = 0.0) -> BandwidthEstimator:
     except ValueError as exc:
         raise ValueError(f"bad estimator spec {spec!r}: {exc}") from exc
     raise ValueError(f"unknown estimator spec {spec!r}; use one of last, ewma[:alpha], harmonic[:k], quantile[:q[:k]]")
+
+
+class LinkBook:
+    """Bandwidth estimators of the devices the policy has heard of (bounded, least recently updated dropped).
+
+    The transport-policy service feeds it LinkState messages; it lives here because it is policy logic.
+    """
+
+    def __init__(self, estimator: str, prior_bps: float, max_devices: int) -> None:
+        make_estimator(estimator, prior_bps)  # validate the spec now, not on the first sample
+        self.spec = estimator
+        self.prior_bps = prior_bps
+        self.max_devices = max_devices
+        self._devices: OrderedDict[str, BandwidthEstimator] = OrderedDict()
+        self._shaper_rate: dict[str, float] = {}
+
+    def update(self, device_id: str, rate_bps: float, source: str, now: float | None = None) -> None:
+        """A sample for `device_id`: a configured rate (`source="shaper"`) or a measured goodput."""
+        now = time.monotonic() if now is None else now
+        est = self._devices.get(device_id)
+        # A new configured rate from the shaper restarts the estimate; its periodic heartbeats repeating the same
+        # rate must not, or they would throw away the goodput the quantizer measured since.
+        changed = source == "shaper" and self._shaper_rate.get(device_id) != rate_bps
+        if source == "shaper":
+            self._shaper_rate[device_id] = rate_bps
+        if est is None or changed:
+            est = make_estimator(self.spec, rate_bps)
+            self._devices[device_id] = est
+        est.update(now, rate_bps)
+        self._devices.move_to_end(device_id)
+        while len(self._devices) > self.max_devices:
+            dropped, _ = self._devices.popitem(last=False)
+            self._shaper_rate.pop(dropped, None)
+
+    def bandwidth_bps(self, device_id: str) -> float:
+        est = self._devices.get(device_id)
+        return self.prior_bps if est is None else est.estimate()
+
+    def __len__(self) -> int:
+        return len(self._devices)
