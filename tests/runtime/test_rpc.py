@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Callable
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -119,6 +120,18 @@ async def test_hostile_inputs_get_typed_replies_and_the_service_keeps_serving(ma
     assert errors == len(corpus) + 1
 
 
+async def _until(cond: Callable[[], bool], tasks: list[asyncio.Task[Plan]], timeout_s: float = 20.0) -> None:
+    """Wait (bounded) for ``cond``; a request task that already failed is re-raised rather than waited on forever."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not cond():
+        for t in tasks:
+            if t.done() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(0.005)
+
+
 async def test_per_device_inflight_limit(make_bus: BusFactory, ns: str) -> None:
     server, client = await make_bus("policy"), await make_bus("selector")
     release = asyncio.Event()
@@ -132,13 +145,11 @@ async def test_per_device_inflight_limit(make_bus: BusFactory, ns: str) -> None:
 
     await serve(server, f"{ns}.plan", PlanRequest, slow, concurrency=8, inflight=InflightLimiter(2))
     first = [asyncio.create_task(call(client, f"{ns}.plan", _request(request_id=f"a{i}"), Plan)) for i in range(2)]
-    while entered < 2:
-        await asyncio.sleep(0.005)
+    await _until(lambda: entered >= 2, first)
     with pytest.raises(Overloaded):
         await call(client, f"{ns}.plan", _request(request_id="a3"), Plan, timeout_s=5)
     other = asyncio.create_task(call(client, f"{ns}.plan", _request(request_id="b1", device_id="bike-1"), Plan))
-    while entered < 3:
-        await asyncio.sleep(0.005)
+    await _until(lambda: entered >= 3, [*first, other])
     release.set()
     assert [p.request_id for p in await asyncio.gather(*first, other)] == ["a0", "a1", "b1"]
     # Slots are released: the device may send again.
