@@ -7,6 +7,7 @@
 * `generate_from_cache` continues from a cache produced elsewhere (the edge's, shipped over the uplink, possibly
   quantized or with context positions dropped). Dropped positions keep their original position ids, so RoPE is
   intact; the uncached prompt suffix (at least the last prompt token) is fed at its original positions.
+* `generate_from_caches` is `generate_from_cache` for many caches of one prompt in one batch (evaluations).
 * `generate_masked` re-prefills the full prompt with an attention mask that hides unselected context positions
   (the study's method and Scout mode's cloud side). Position ids are passed explicitly: `kept` preserves the
   original ids; `compacted` renumbers the visible tokens contiguously, which is what the study's code did without
@@ -348,6 +349,94 @@ def generate_from_cache(
         stop_at_newline,
     )
     return _finish(lm, tokens, finish, {"rebuild": t1 - t0, "suffix": t2 - t1, "generate": time.perf_counter() - t2})
+
+
+@torch.inference_mode()
+def generate_from_caches(
+    lm: LoadedModel,
+    kvs: Sequence[KVCache],
+    suffix_ids: Sequence[int] | torch.Tensor,
+    *,
+    start_position: int | None = None,
+    max_new_tokens: int = 32,
+    stop_at_newline: bool = True,
+) -> list[Generation]:
+    """`generate_from_cache` for many caches of one prompt at once (one row per cache, greedy, one forward per step).
+
+    Why: an evaluation answers the same prompt from a dozen reconstructions of one cache (codecs, selections).
+    On a CPU a decode step is bound by reading the weights, so a batch of B rows costs little more than one row;
+    this is what makes n=200 runs feasible on two cores. Caches may differ in length: shorter rows are padded
+    after their last cached token and the padding is hidden by the attention mask, so every row sees exactly its
+    own tokens at their original position ids. A row's tokens equal `generate_from_cache`'s up to floating-point
+    reduction order (batched matmuls may sum in another order; in bf16 that can flip a near-tied greedy choice).
+    """
+    if not kvs:
+        return []
+    _set_attn(lm.model, register_capture_attention())
+    for kv in kvs:
+        if kv.num_layers != lm.spec.num_layers:
+            raise ValueError(f"cache has {kv.num_layers} layers, model {lm.spec.name} has {lm.spec.num_layers}")
+    ids = _ids_tensor(suffix_ids, lm.device)
+    batch, s = len(kvs), ids.shape[1]
+    dtype = lm.model.dtype
+    t0 = time.perf_counter()
+    longest = max(kv.seq_len for kv in kvs)
+    from transformers import DynamicCache
+
+    try:
+        cache = DynamicCache(config=lm.model.config)
+    except TypeError:  # transformers 4.x: no config argument
+        cache = DynamicCache()
+    for layer in range(lm.spec.num_layers):
+        k0, v0 = kvs[0].keys[layer], kvs[0].values[layer]
+        keys = torch.zeros((batch, k0.shape[0], longest, k0.shape[-1]), dtype=dtype, device=lm.device)
+        values = torch.zeros((batch, v0.shape[0], longest, v0.shape[-1]), dtype=dtype, device=lm.device)
+        for b, kv in enumerate(kvs):
+            keys[b, :, : kv.seq_len] = kv.keys[layer].to(device=lm.device, dtype=dtype)
+            values[b, :, : kv.seq_len] = kv.values[layer].to(device=lm.device, dtype=dtype)
+        cache.update(keys, values, layer)
+    mask = torch.zeros((batch, longest + s), dtype=torch.long, device=lm.device)
+    starts = []
+    for b, kv in enumerate(kvs):
+        mask[b, : kv.seq_len] = 1
+        starts.append(kv.next_position if start_position is None else start_position)
+    mask[:, longest:] = 1
+    pos = torch.tensor(starts, device=lm.device).unsqueeze(1) + torch.arange(s, device=lm.device).unsqueeze(0)
+    t1 = time.perf_counter()
+    out = lm.model(
+        input_ids=ids.expand(batch, s), past_key_values=cache, attention_mask=mask, position_ids=pos, use_cache=True
+    )
+    t2 = time.perf_counter()
+    eos = _eos_ids(lm)
+    newline: dict[int, bool] = {}
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    finish = ["length"] * batch
+    done = [False] * batch
+    cache, logits, next_pos = out.past_key_values, out.logits[:, -1].float(), pos[:, -1:] + 1
+    for step in range(max_new_tokens):
+        picks = torch.argmax(logits, dim=-1).tolist()
+        for b, tok in enumerate(picks):
+            if done[b]:
+                continue
+            if tok in eos:
+                done[b], finish[b] = True, "eos"
+                continue
+            tokens[b].append(tok)
+            if stop_at_newline:
+                if tok not in newline:
+                    newline[tok] = "\n" in lm.tokenizer.decode([tok])
+                if newline[tok]:
+                    done[b], finish[b] = True, "newline"
+        if all(done) or step == max_new_tokens - 1:
+            break
+        feed = torch.tensor([[t] for t in picks], device=lm.device)
+        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=lm.device)], dim=1)
+        res = lm.model(
+            input_ids=feed, past_key_values=cache, attention_mask=mask, position_ids=next_pos, use_cache=True
+        )
+        cache, logits, next_pos = res.past_key_values, res.logits[:, -1].float(), next_pos + 1
+    timings = {"rebuild": t1 - t0, "suffix": t2 - t1, "generate": time.perf_counter() - t2, "batch": float(batch)}
+    return [_finish(lm, tokens[b], finish[b], dict(timings)) for b in range(batch)]
 
 
 @torch.inference_mode()

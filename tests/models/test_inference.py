@@ -23,6 +23,7 @@ from safetensors.torch import load, save
 from scout.inference import (
     generate,
     generate_from_cache,
+    generate_from_caches,
     generate_masked,
     generate_reference,
     keep_mask,
@@ -164,3 +165,40 @@ def test_hidden_first_token_is_refused(smol, squad_answerable) -> None:
     keep[0] = False
     with pytest.raises(ValueError, match="first prompt token"):
         generate_masked(smol, ids, keep)
+
+
+def test_batched_generation_from_caches_equals_one_at_a_time(smol_fp32, squad_answerable) -> None:
+    """Rows of unequal length (padding hidden by the mask), a quantized-like perturbation and the full cache: each
+    row's greedy answer equals `generate_from_cache` on that cache alone (fp32; batching only reorders sums)."""
+    lm = smol_fp32
+    rows = 0
+    for ex in squad_answerable[:3]:
+        p = prompt_for_example(lm.tokenizer, ex)
+        ids = p.input_ids
+        full = prefill(lm, ids[:-1]).kv
+        c = len(p.context)
+        caches = [full]
+        for retention, seed in ((0.25, 1), (0.5, 2), (0.75, 3)):
+            keep = _random_keep(p, retention, seed)[:-1]
+            caches.append(full.select(torch.nonzero(keep).flatten()))
+        noisy = KVCache([k + 0.01 * torch.randn_like(k) for k in full.keys], list(full.values), full.positions)
+        caches.append(noisy)
+        assert len({kv.seq_len for kv in caches}) >= 3 and c > 8
+        batched = generate_from_caches(lm, caches, ids[-1:], max_new_tokens=MAX_NEW, stop_at_newline=False)
+        for kv, got in zip(caches, batched, strict=True):
+            alone = generate_from_cache(lm, kv, ids[-1:], max_new_tokens=MAX_NEW, stop_at_newline=False)
+            assert got.token_ids == alone.token_ids and got.finish == alone.finish
+            rows += 1
+    assert rows == 15
+
+
+def test_batched_generation_stops_each_row_on_its_own(smol_fp32, squad_answerable) -> None:
+    lm = smol_fp32
+    ids = prompt_for_example(lm.tokenizer, squad_answerable[0]).input_ids
+    full = prefill(lm, ids[:-1]).kv
+    tiny = full.select(torch.arange(0, 4))  # almost nothing visible: a different, usually longer answer
+    out = generate_from_caches(lm, [full, tiny], ids[-1:], max_new_tokens=MAX_NEW, stop_at_newline=True)
+    for kv, got in zip([full, tiny], out, strict=True):
+        alone = generate_from_cache(lm, kv, ids[-1:], max_new_tokens=MAX_NEW, stop_at_newline=True)
+        assert (got.token_ids, got.finish) == (alone.token_ids, alone.finish)
+    assert generate_from_caches(lm, [], ids[-1:]) == []

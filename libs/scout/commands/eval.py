@@ -73,7 +73,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             def tick(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            run_dir = run_experiment(cfg, limit=limit, progress=tick, command=["scout", *sys.argv[1:]])
+            try:
+                run_dir = run_experiment(cfg, limit=limit, progress=tick, command=["scout", *sys.argv[1:]])
+            except ValueError as e:
+                console.print(f"[red]error[/red] {e}")
+                raise typer.Exit(2) from None
         console.print(f"[green]results[/green] {run_dir}/samples.jsonl — `scout eval report` to (re)build reports")
 
     @eval_app.command("report")

@@ -47,8 +47,22 @@ class RunConfig:
 
     @property
     def run_name(self) -> str:
+        """``dataset__model[__cloud]``, plus ``__<dtype>`` off bf16 and ``__<application>`` off the study's mask:
+        runs that measure different things never share a folder."""
         parts = [self.dataset, self.model] + ([self.cloud_model] if self.cloud_model else [])
+        if self.dtype != "bf16":
+            parts.append(self.dtype)
+        application = self.options.get("application")
+        if application and application != "mask":
+            parts.append(str(application))
         return "__".join(parts)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide what a sample's results mean (not where they are written or on what device)."""
+        d = self.to_json()
+        for k in ("out_root", "device", "n"):  # n: seeded samples of a larger n extend those of a smaller one
+            d.pop(k, None)
+        return d
 
     @property
     def run_dir(self) -> Path:
@@ -137,6 +151,19 @@ def model_identity(name: str) -> dict[str, Any]:
     return ident
 
 
+def _check_resumable(previous: dict[str, Any], cfg: RunConfig) -> None:
+    """Refuse to append to a run made with other settings: its samples would silently mix two experiments."""
+    old = previous.get("config")
+    if not old:
+        return
+    old = {k: v for k, v in old.items() if k not in ("out_root", "device", "n")}
+    new = cfg.identity()
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise ValueError(f"{cfg.run_dir} was run with other settings ({shown}); use another --out or the same flags")
+
+
 def run_experiment(
     cfg: RunConfig,
     *,
@@ -156,6 +183,7 @@ def run_experiment(
     identity = exp.setup() if todo else {}
     run_path = run_dir / RUN_FILE
     previous = json.loads(run_path.read_text()) if run_path.exists() else {}
+    _check_resumable(previous, cfg)
     info = {
         "experiment": cfg.experiment,
         "config": cfg.to_json(),

@@ -1,7 +1,7 @@
 """Named KV codecs for the experiments: a name -> (reconstructed cache, bytes on the wire) function.
 
 Names (`<bits>` in 8, 4, 2):
-- `bf16`: the cache as is;
+- `bf16`: the cache as full mode sends it, 16-bit (a round trip through bf16 when the model computes in fp32);
 - `int<bits>`: KIVI axes (keys per channel, values per token), groups of 32, asymmetric — Scout's default;
 - `int<bits>-token`: per-token for keys too; `int<bits>-study`: the study's quantizer (per-token symmetric
   absmax over the head dim);
@@ -33,12 +33,21 @@ def _spec(bits: int, axes: str | None, head_dim: int) -> Any:
     return QuantSpec(bits, axis_k="token" if axes == "-token" else "channel")
 
 
+def _bf16(kv: KVCache) -> tuple[KVCache, int]:
+    import torch
+
+    if kv.keys[0].dtype == torch.bfloat16:
+        return kv, kv.nbytes()
+    wire = kv.to(dtype=torch.bfloat16)
+    return wire.to(dtype=kv.keys[0].dtype), wire.nbytes()
+
+
 def codec(name: str, model_spec: Any) -> Codec:
     """The codec called `name` (see the module docstring) for a model with `model_spec` geometry."""
     from scout.codec.quant import BitPlan, dequantize_cache, quantize_cache
 
     if name == "bf16":
-        return lambda kv: (kv, kv.nbytes())
+        return _bf16
     if name.startswith("mixed:"):
         from scout.codec.mixed import MixedPlan
 

@@ -37,7 +37,7 @@ class CombinedExperiment(Experiment):
     def run_sample(self, ex: Example) -> dict[str, dict[str, Any]]:
         import torch
 
-        from scout.inference import generate_from_cache
+        from scout.inference import generate_from_caches
         from scout.prompts import prompt_for_example
         from scout.selection import score_prompt
 
@@ -47,17 +47,24 @@ class CombinedExperiment(Experiment):
         ctx = score_prompt(lm, prompt, [self.selector])
         scores = self.selector.score(ctx)
         edge_kv = ctx.kv.select(range(len(ids) - 1))  # the hand-off cache: prompt minus its last token
-        out: dict[str, dict[str, Any]] = {}
         c0 = prompt.context.start
+        names: list[str] = []
+        caches: list[Any] = []
+        facts: list[dict[str, int]] = []
         for r in self.retentions:
             kept = torch.as_tensor(self.selector.select(scores, r)) + c0
             visible = torch.cat([torch.arange(c0), kept, torch.arange(prompt.context.end, len(ids) - 1)])
             pruned = edge_kv.select(visible)
             for name, run in self.codecs.items():
                 rebuilt, nbytes = run(pruned)
-                gen = generate_from_cache(
-                    lm, rebuilt, ids[-1:], start_position=len(ids) - 1, max_new_tokens=self.cfg.max_new_tokens
-                )
-                out[f"{name}@{r:g}"] = scored(ex, gen, bytes=nbytes, kept=len(kept))
+                names.append(f"{name}@{r:g}")
+                caches.append(rebuilt)
+                facts.append({"bytes": nbytes, "kept": len(kept)})
+        gens = generate_from_caches(
+            lm, caches, ids[-1:], start_position=len(ids) - 1, max_new_tokens=self.cfg.max_new_tokens
+        )
+        out: dict[str, dict[str, Any]] = {
+            name: scored(ex, gen, **fact) for name, gen, fact in zip(names, gens, facts, strict=True)
+        }
         out["_meta"] = {"prompt_tokens": len(ids), "context_tokens": len(prompt.context)}
         return out

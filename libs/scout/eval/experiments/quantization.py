@@ -1,8 +1,8 @@
 """Experiment `quantization` (Paper A §2-§3): answer quality from a quantized KV cache, same model both ends.
 
 Per sample: one edge prefill of the prompt minus its last token (the hand-off point); every codec reconstructs
-the cache and the model answers from it (decode only, so each condition is cheap). MMLU samples are scored by
-the choice-letter logits after the cached prompt instead of by generated text.
+the cache and the model answers from it (decode only, every codec's cache as one row of a batched decode). MMLU
+samples are scored by the choice-letter logits after the cached prompt instead of by generated text.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class QuantizationExperiment(Experiment):
         return {"model": model_identity(self.cfg.model)}
 
     def run_sample(self, ex: Example) -> dict[str, dict[str, Any]]:
-        from scout.inference import generate_from_cache, prefill
+        from scout.inference import generate_from_caches, prefill
         from scout.prompts import prompt_for_example
 
         lm = self.lm
@@ -40,12 +40,15 @@ class QuantizationExperiment(Experiment):
         ids = prompt.input_ids
         kv = prefill(lm, ids[:-1]).kv
         out: dict[str, dict[str, Any]] = {}
-        for name, run in self.codecs.items():
-            rebuilt, nbytes = run(kv)
-            if ex.dataset == "mmlu":
-                out[name] = choice_scored(lm, ex, rebuilt, ids[-1], bytes=nbytes)
-            else:
-                gen = generate_from_cache(lm, rebuilt, ids[-1:], max_new_tokens=self.cfg.max_new_tokens)
+        rebuilt = {name: run(kv) for name, run in self.codecs.items()}
+        if ex.dataset == "mmlu":
+            for name, (cache, nbytes) in rebuilt.items():
+                out[name] = choice_scored(lm, ex, cache, ids[-1], bytes=nbytes)
+        else:  # every codec's cache answers in one batched decode (same prompt, same length)
+            gens = generate_from_caches(
+                lm, [cache for cache, _ in rebuilt.values()], ids[-1:], max_new_tokens=self.cfg.max_new_tokens
+            )
+            for (name, (_, nbytes)), gen in zip(rebuilt.items(), gens, strict=True):
                 out[name] = scored(ex, gen, bytes=nbytes)
         out["_meta"] = {"prompt_tokens": len(ids), "context_tokens": len(prompt.context)}
         return out

@@ -2,7 +2,9 @@
 
 Per sample: one scoring prefill shared by every selector; the full-context answer (reference); then for every
 method x retention, the answer with unselected context hidden (`mask`, the study's method, original position
-ids) — or `drop`/`evict`, chosen by `options["application"]`.
+ids) — or `drop`/`evict`, chosen by `options["application"]`. `evict` is what Scout's KV modes really send (the
+edge's full-context KV at the kept positions); it needs no second prefill, so every condition is answered in one
+batched decode from the scoring prefill's cache.
 """
 
 from __future__ import annotations
@@ -53,13 +55,42 @@ class SelectionExperiment(Experiment):
         lm, mx = self.lm, self.cfg.max_new_tokens
         prompt = prompt_for_example(lm.tokenizer, ex)
         ctx = score_prompt(lm, prompt, list(self.selectors.values()))
-        out: dict[str, dict[str, Any]] = {"full": scored(ex, generate(lm, prompt.input_ids, max_new_tokens=mx))}
         n = len(prompt.context)
-        for method, sel in self.selectors.items():
-            scores = sel.score(ctx)
-            for r in self.retentions:
-                kept = sel.select(scores, r)
+        kept_sets = {
+            f"{method}@{r:g}": sel.select(scores, r)
+            for method, sel in self.selectors.items()
+            for scores in [sel.score(ctx)]
+            for r in self.retentions
+        }
+        if self.application == "evict":
+            out = self._evict_batched(ex, prompt, ctx, kept_sets)
+        else:
+            out = {"full": scored(ex, generate(lm, prompt.input_ids, max_new_tokens=mx))}
+            for cond, kept in kept_sets.items():
                 gen = apply_selection(lm, prompt, kept, how=self.application, full_kv=None, max_new_tokens=mx)
-                out[f"{method}@{r:g}"] = scored(ex, gen, kept=len(kept), positions_bytes=len(encode_positions(kept, n)))
+                out[cond] = scored(ex, gen)
+        for cond, kept in kept_sets.items():
+            out[cond].update(kept=len(kept), positions_bytes=len(encode_positions(kept, n)))
         out["_meta"] = {"context_tokens": n, "prompt_tokens": len(prompt)}
         return out
+
+    def _evict_batched(
+        self, ex: Example, prompt: Any, ctx: Any, kept_sets: dict[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        """`evict` (what Scout's KV modes send: the edge's full-context KV at the kept positions) for every
+        condition in one batched decode from the scoring prefill's cache, the full cache as the reference row."""
+        import torch
+
+        from scout.inference import generate_from_caches, keep_mask
+
+        ids = prompt.input_ids
+        full = ctx.kv.select(torch.arange(len(ids) - 1))  # the hand-off cache: prompt minus its last token
+        caches = [full]
+        for kept in kept_sets.values():
+            keep = keep_mask(len(ids), prompt.context.indices(), torch.as_tensor(kept, dtype=torch.long))
+            caches.append(ctx.kv.select(torch.nonzero(keep[:-1]).flatten()))
+        gens = generate_from_caches(
+            self.lm, caches, ids[-1:], start_position=len(ids) - 1, max_new_tokens=self.cfg.max_new_tokens
+        )
+        names = ["full", *kept_sets]
+        return {name: scored(ex, gen) for name, gen in zip(names, gens, strict=True)}
