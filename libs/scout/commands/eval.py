@@ -86,6 +86,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from scout.eval.report import write_reports
 
         summaries = write_reports(out)
+        from scout.eval.claims import write_claims
+
+        claims = write_claims(out)
         for s in summaries:
             console.print(f"  {s['experiment']}/{s['run']}: n={s['n']}")
-        console.print(f"[green]written[/green] {out}/README.md and one report.md + plot.png per run")
+        for c in claims:
+            console.print(f"  claim {c.key}: {c.verdict}")
+        console.print(f"[green]written[/green] {out}/README.md, CLAIMS.md and one report.md + plot.png per run")
