@@ -17,10 +17,11 @@ stage="${1:-all}"
 run() { echo "+ scout eval run $*" >&2; "$SCOUT" eval run "$@"; }
 
 if [[ "$stage" == 1 || "$stage" == all ]]; then
-  run quantization --dataset squad_v2 --model "$E" --dtype fp32 --n 60 --codecs "$CODECS_E"
-  run selection --dataset squad_v2 --model "$E" --dtype fp32 --application evict --n 60
-  run scout --dataset squad_v2 --model "$E" --cloud-model "$C" --dtype fp32 --n 40
+  run quantization --dataset squad_v2 --model "$E" --dtype fp32 --n 40 --codecs "$CODECS_E"
+  run scout --dataset squad_v2 --model "$E" --cloud-model "$C" --dtype fp32 --n 30
+  run selection --dataset squad_v2 --model "$E" --dtype fp32 --application evict --n 40
   run quantization --dataset mmlu --model "$E" --dtype fp32 --n 200 --codecs "bf16,int8,int4,int2"
+  run combined --dataset squad_v2 --model "$E" --dtype fp32 --n 40
   run selection --dataset hotpotqa --model "$E" --dtype fp32 --application evict --n 40
   run quantization --dataset squad_v2 --model "$C" --dtype fp32 --n 40 --codecs "$CODECS_C"
 fi
