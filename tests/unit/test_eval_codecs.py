@@ -16,13 +16,26 @@ SPEC = SimpleNamespace(head_dim=64, fingerprint="0" * 16)
 @pytest.fixture(scope="module")
 def kv() -> KVCache:
     g = torch.Generator().manual_seed(0)
-    layers = [torch.randn(2, 40, 64, generator=g) for _ in range(6)]
+    layers = [torch.randn(2, 40, 64, generator=g).to(torch.bfloat16) for _ in range(6)]
     return KVCache(layers[:3], layers[3:], torch.arange(40))
 
 
 def test_bf16_is_identity(kv: KVCache) -> None:
     rebuilt, nbytes = codec("bf16", SPEC)(kv)
     assert rebuilt.equal(kv) and nbytes == kv.nbytes()
+
+
+def test_an_fp32_cache_is_coded_from_its_bf16_hand_off(kv: KVCache) -> None:
+    """A model computing in fp32: every codec starts from the bf16 wire cache (2 bytes per element for 16-bit
+    layers and for full mode) and hands back fp32 for the model to decode."""
+    wide = kv.to(dtype=torch.float32)
+    rebuilt, nbytes = codec("bf16", SPEC)(wide)
+    assert rebuilt.keys[0].dtype == torch.float32 and rebuilt.equal(wide) and nbytes == kv.nbytes()
+    for name in ("int4-study:keep=0", "int8", "delta-int4"):
+        out_wide, n_wide = codec(name, SPEC)(wide)
+        out_16, n_16 = codec(name, SPEC)(kv)
+        assert n_wide == n_16 and out_wide.keys[0].dtype == torch.float32
+        assert out_wide.equal(out_16.to(dtype=torch.float32))
 
 
 def test_sizes_shrink_with_bits_and_grow_with_kept_layers(kv: KVCache) -> None:

@@ -87,10 +87,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         summaries = write_reports(out)
         from scout.eval.claims import write_claims
+        from scout.eval.figures import write_figures
 
         claims = write_claims(out)
+        figures = write_figures(out, summaries)
         for s in summaries:
             console.print(f"  {s['experiment']}/{s['run']}: n={s['n']}")
         for c in claims:
             console.print(f"  claim {c.key}: {c.verdict}")
-        console.print(f"[green]written[/green] {out}/README.md, CLAIMS.md and one report.md + plot.png per run")
+        console.print(
+            f"[green]written[/green] {out}/README.md, CLAIMS.md, {len(figures)} figures and one report.md + plot.png "
+            "per run"
+        )

@@ -1,7 +1,7 @@
 """Named KV codecs for the experiments: a name -> (reconstructed cache, bytes on the wire) function.
 
 Names (`<bits>` in 8, 4, 2):
-- `bf16`: the cache as full mode sends it, 16-bit (a round trip through bf16 when the model computes in fp32);
+- `bf16`: the cache as full mode sends it (16-bit);
 - `int<bits>`: KIVI axes (keys per channel, values per token), groups of 32, asymmetric — Scout's default;
 - `int<bits>-token`: per-token for keys too; `int<bits>-study`: the study's quantizer (per-token symmetric
   absmax over the head dim);
@@ -10,6 +10,11 @@ Names (`<bits>` in 8, 4, 2):
 - `mixed:<plan.json>`: a calibrated plan from `scout calibrate` (checked against the model's fingerprint);
 - `delta-<int…>`: CacheGen-style anchor/delta encoding, then that quantizer.
 Bytes are the codec payload (`nbytes()`), the quantity the study's size columns compare.
+
+Every codec starts from the cache in bf16, what the edge hands off and full mode sends, whatever dtype the model
+computes in: a model run in fp32 (much faster on CPUs without bf16 arithmetic) gets its cache rounded to bf16
+first, so 16-bit layers of a plan weigh 2 bytes per element and the reference is the real wire format. The
+reconstruction is returned in the model's dtype.
 """
 
 from __future__ import annotations
@@ -33,21 +38,28 @@ def _spec(bits: int, axes: str | None, head_dim: int) -> Any:
     return QuantSpec(bits, axis_k="token" if axes == "-token" else "channel")
 
 
-def _bf16(kv: KVCache) -> tuple[KVCache, int]:
+def _from_bf16(inner: Codec) -> Codec:
+    """Run ``inner`` on the bf16 hand-off cache; return the reconstruction in the caller's dtype."""
     import torch
 
-    if kv.keys[0].dtype == torch.bfloat16:
-        return kv, kv.nbytes()
-    wire = kv.to(dtype=torch.bfloat16)
-    return wire.to(dtype=kv.keys[0].dtype), wire.nbytes()
+    def run(kv: KVCache) -> tuple[KVCache, int]:
+        dtype = kv.keys[0].dtype
+        rebuilt, nbytes = inner(kv if dtype == torch.bfloat16 else kv.to(dtype=torch.bfloat16))
+        return (rebuilt if rebuilt.keys[0].dtype == dtype else rebuilt.to(dtype=dtype)), nbytes
+
+    return run
 
 
 def codec(name: str, model_spec: Any) -> Codec:
     """The codec called `name` (see the module docstring) for a model with `model_spec` geometry."""
+    return _from_bf16(_codec(name, model_spec))
+
+
+def _codec(name: str, model_spec: Any) -> Codec:
     from scout.codec.quant import BitPlan, dequantize_cache, quantize_cache
 
     if name == "bf16":
-        return _bf16
+        return lambda kv: (kv, kv.nbytes())
     if name.startswith("mixed:"):
         from scout.codec.mixed import MixedPlan
 
