@@ -439,6 +439,23 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def preferred_dtype(device: str | None = None) -> str:
+    """``bf16`` where the hardware computes in it (CUDA; CPUs with AVX512-BF16 or AMX), else ``fp32``.
+
+    Why: on a CPU without bf16 arithmetic every bf16 matmul is widened in software; measured on this project's
+    2-core AVX2 machines, a 500-token Qwen2.5-0.5B prefill took 4.7x longer in bf16 than in fp32. Evaluations
+    ask for ``auto`` and get the fast one; the codecs still start from the bf16 cache the edge would send.
+    """
+    if pick_device(device).startswith("cuda"):
+        return "bf16"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return "bf16" if {"avx512_bf16", "amx_bf16"} & set(flags.split()) else "fp32"
+
+
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     import torch
 
@@ -536,7 +553,7 @@ def load_model(
     device: str | None = None,
     attn_implementation: str = "sdpa",
 ) -> LoadedModel:
-    """Load model + tokenizer + spec. bf16 is the default (about 3x faster than fp32 on these CPUs)."""
+    """Load model + tokenizer + spec. bf16 (the wire format) is the default; `preferred_dtype` names the fast one."""
     from transformers import AutoModelForCausalLM
 
     torch_dtype = parse_dtype(dtype)

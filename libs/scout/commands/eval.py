@@ -33,17 +33,23 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         retentions: Annotated[str | None, typer.Option(help="e.g. 0.1,0.25,0.5,0.75")] = None,
         methods: Annotated[str | None, typer.Option(help="selection methods, comma-separated")] = None,
         codecs: Annotated[str | None, typer.Option(help="bf16,int8,int4,int2,mixed:<plan.json>")] = None,
-        application: Annotated[str, typer.Option(help="mask (study), drop or evict")] = "mask",
+        application: Annotated[
+            str, typer.Option(help="evict (what Scout's KV modes send), mask (the study's), or drop")
+        ] = "evict",
         max_new_tokens: Annotated[int, typer.Option()] = 16,
         max_context_chars: Annotated[int, typer.Option(help="skip longer contexts (0 = no limit)")] = 3000,
         out: Annotated[Path, typer.Option(help="results root")] = Path("reports/eval"),
         device: Annotated[str | None, typer.Option()] = None,
-        dtype: Annotated[str, typer.Option()] = "bf16",
+        dtype: Annotated[str, typer.Option(help="auto: bf16 where the hardware has it, else fp32")] = "auto",
     ) -> None:
         """Run an experiment, appending one result line per sample; rerun the same command to continue."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         from scout.eval.runner import RunConfig, run_experiment
+        from scout.models import preferred_dtype
+
+        if dtype == "auto":
+            dtype = preferred_dtype(device)
 
         options: dict[str, object] = {"application": application}
         if (r := _floats(retentions)) is not None:
