@@ -1,8 +1,18 @@
 """Blob staging: KV blobs and documents in Redis (or in memory), chosen by URL, verified on every read.
 
 URL schemes (as in LMCache's remote backends): ``redis://[user:pass@]host:port/db``, ``rediss://…`` (TLS), and
-``memory://[name]`` (the embedded default: roles in one process that open the same name share one store; an empty
-name is a private store).
+``memory://[name][?rate_mbit=R]`` (the embedded default: roles in one process that open the same name share one store;
+an empty name is a private store).
+
+``?rate_mbit=R`` makes a memory store stand in for the uplink as well (`scout demo`): every write through it is
+paced at R Mbit/s (`PacedUplink`: asynchronous sleeps, chunk by chunk, never blocking the event loop) before the
+entry appears, as a ``SET`` into a remote Redis behind a shaped link would be. Why a store option rather than a
+pacing step in the roles: in a deployment the quantizer's upload *is* the uplink transfer (the pod's shaped
+interface paces it), so the roles time and report it without knowing about the link; pacing the store keeps the
+role code identical in the embedded and the real deployment. The rate belongs to the URL a role opens, not to the
+data: ``memory://cloud?rate_mbit=20`` (the edge roles' view, across the uplink) and ``memory://cloud`` (the cloud
+decoder's own view) are one store. Reads, TTL refreshes and deletes are not paced (the cloud side's own traffic,
+or a few bytes of control). Paced stores of one name and rate share one link, so concurrent uploads share its rate.
 
 Layout of one entry under key ``K``: the content at ``K`` and its metadata (`BlobMeta`: size and SHA-256, JSON) at
 ``K:meta``, both with the same TTL. Why two keys, written content first and metadata second: a reader starts from
@@ -23,8 +33,11 @@ their address on every read, so a device can at worst make a document unreadable
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import math
 import re
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -54,8 +67,10 @@ __all__ = [
     "BlobStore",
     "DeviceBlobs",
     "MemoryStore",
+    "PacedUplink",
     "RedisStore",
     "open_store",
+    "parse_memory_url",
     "redis_device_acl",
     "redis_device_user",
     "sha256_hex",
@@ -361,17 +376,100 @@ class _MemoryData:
 _MEMORY: dict[str, _MemoryData] = {}
 
 
-class MemoryStore(BlobStore):
-    """The embedded store: a dict with expiry times. ``memory://name`` stores of one process share their data."""
+class PacedUplink:
+    """A simulated uplink: bytes cross it at ``rate_bps`` bits per second, one chunk at a time.
 
-    def __init__(self, name: str = "", **kwargs: Any) -> None:
+    Each chunk reserves the next ``chunk_bytes * 8 / rate_bps`` seconds of the link (after whatever is already
+    reserved), then the sender sleeps (``asyncio.sleep``) until its chunk has crossed. So one transfer of N bytes
+    takes N * 8 / rate (sleep overshoot does not accumulate: a transfer's chunks are scheduled back to back), and
+    concurrent transfers interleave their chunks and share the rate, as on a real link. The synchronous
+    `scout.channel.link.PacedLink` is the same idea for code without an event loop.
+    """
+
+    def __init__(self, rate_bps: float, *, chunk_bytes: int = 64 * 1024) -> None:
+        if not (isinstance(rate_bps, int | float) and math.isfinite(rate_bps) and rate_bps > 0):
+            raise ValueError(f"uplink rate must be a positive, finite number of bit/s, got {rate_bps!r}")
+        if chunk_bytes < 1:
+            raise ValueError("chunk_bytes must be >= 1")
+        self.rate_bps = float(rate_bps)
+        self.chunk_bytes = chunk_bytes
+        self._free_at = 0.0  # monotonic time at which everything reserved so far has crossed
+        self._lock = threading.Lock()  # reservations only; stores may be shared by roles on other threads' loops
+
+    def transfer_time(self, nbytes: int) -> float:
+        """Seconds ``nbytes`` take on an idle link."""
+        return nbytes * 8 / self.rate_bps
+
+    async def send(self, nbytes: int) -> float:
+        """Wait until ``nbytes`` have crossed the link; returns the seconds it took."""
+        start = time.monotonic()
+        left, first = nbytes, True
+        while left > 0:
+            step = min(self.chunk_bytes, left)
+            with self._lock:
+                now = time.monotonic()
+                begin = max(now, self._free_at) if first else self._free_at
+                self._free_at = end = begin + self.transfer_time(step)
+            first = False
+            left -= step
+            await asyncio.sleep(max(0.0, end - now))
+        return time.monotonic() - start
+
+
+_UPLINKS: dict[tuple[str, float], PacedUplink] = {}
+MEMORY_URL_OPTIONS = ("rate_mbit",)
+
+
+def parse_memory_url(url: str) -> tuple[str, float | None]:
+    """(name, uplink rate in bit/s or None) of ``memory://[name][?rate_mbit=R]``; `BadRequest` names what is wrong."""
+    scheme, sep, rest = url.partition("://")
+    if scheme != "memory" or not sep:
+        raise BadRequest(f"not a memory:// store URL: {url[:120]!r}")
+    path, _, query = rest.partition("?")
+    rate_bps: float | None = None
+    for part in query.split("&") if query else []:
+        key, _, value = part.partition("=")
+        if key not in MEMORY_URL_OPTIONS:
+            raise BadRequest(f"unknown memory:// store option {key!r}; known: {', '.join(MEMORY_URL_OPTIONS)}")
+        try:
+            mbit = float(value)
+        except ValueError:
+            mbit = math.nan
+        if not (math.isfinite(mbit) and mbit > 0):
+            raise BadRequest(f"memory:// store option rate_mbit must be a positive number of Mbit/s, got {value!r}")
+        rate_bps = mbit * 1e6
+    return path.strip("/"), rate_bps
+
+
+class MemoryStore(BlobStore):
+    """The embedded store: a dict with expiry times. ``memory://name`` stores of one process share their data.
+
+    With ``rate_bps`` every write first crosses a `PacedUplink` at that rate (see the module docstring); named
+    stores share the link of their name and rate, a private store has its own.
+    """
+
+    def __init__(
+        self, name: str = "", *, rate_bps: float | None = None, chunk_bytes: int = 64 * 1024, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.name = name
         if name:
             self.data = _MEMORY.setdefault(name, _MemoryData())
         else:
             self.data = _MemoryData()
+        self.uplink: PacedUplink | None = None
         self.url = f"memory://{name}"
+        if rate_bps is not None:
+            link = PacedUplink(rate_bps, chunk_bytes=chunk_bytes)  # validates the rate
+            if name:
+                link = _UPLINKS.setdefault((name, link.rate_bps), link)
+            self.uplink = link
+            self.url += f"?rate_mbit={link.rate_bps / 1e6:.12g}"
+
+    @property
+    def rate_bps(self) -> float | None:
+        """The paced uplink's rate (bit/s), or None for an unpaced store."""
+        return None if self.uplink is None else self.uplink.rate_bps
 
     @property
     def raw(self) -> dict[str, tuple[bytes, float]]:
@@ -380,6 +478,8 @@ class MemoryStore(BlobStore):
         return self.data.entries
 
     async def _set(self, key: str, data: bytes, ttl_ms: int) -> None:
+        if self.uplink is not None:
+            await self.uplink.send(len(data))  # the entry exists once its bytes have crossed the link
         self.data.purge()
         self.data.entries[key] = (data, time.monotonic() + ttl_ms / 1000.0)
 
@@ -538,7 +638,8 @@ def open_store(
         "max_document_bytes": settings.max_document_bytes,
     }
     if scheme == "memory":
-        return MemoryStore(url.split("://", 1)[1].strip("/"), **common)
+        name, rate_bps = parse_memory_url(url)
+        return MemoryStore(name, rate_bps=rate_bps, **common)
     if scheme in ("redis", "rediss"):
         if password is None and settings.redis_password is not None:
             password = settings.redis_password.get_secret_value()

@@ -1,5 +1,7 @@
-"""An in-process uplink that paces a transfer at a configured rate: the embedded default for `scout demo` and
-the library, standing in for the tc-shaped link that the shaper sidecar provides in a real deployment."""
+"""An in-process uplink that paces a transfer at a configured rate, for the library's synchronous paths (the
+pipeline benchmark's in-process half). The embedded services of `scout demo` pace their uploads in the memory
+store instead (`memory://name?rate_mbit=R`, `scout_runtime.store`); both stand in for the tc-shaped link the
+shaper sidecar provides in a real deployment."""
 
 from __future__ import annotations
 
