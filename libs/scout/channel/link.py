@@ -1,7 +1,7 @@
-"""An in-process uplink that paces a transfer at a configured rate, for library code without an event loop
-(its transfer-time model is also the one the shaper's relay follows). The embedded services of `scout demo` pace their uploads in the memory
-store instead (`memory://name?rate_mbit=R`, `scout_runtime.store`); both stand in for the tc-shaped link the
-shaper sidecar provides in a real deployment."""
+"""An in-process uplink that paces a transfer at a configured rate, for library code without an event loop (its
+transfer-time model is also the one the shaper's relay follows). The embedded services of `scout demo` pace their
+uploads in the memory store instead (`memory://name?rate_mbit=R`, `scout_runtime.store`); both stand in for the
+tc-shaped link the shaper sidecar provides in a real deployment."""
 
 from __future__ import annotations
 
