@@ -51,7 +51,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if dtype == "auto":
             dtype = preferred_dtype(device)
 
-        options: dict[str, object] = {"application": application}
+        # Only the selection experiment applies a selection to the model's own prompt (scout is masked by design).
+        options: dict[str, object] = {"application": application} if experiment == "selection" else {}
         if (r := _floats(retentions)) is not None:
             options["retentions"] = r
         if methods:
