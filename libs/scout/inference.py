@@ -136,6 +136,7 @@ def prefill(
     capture_query_rows: slice | None = None,
     keep: torch.Tensor | None = None,
     position_mode: PositionMode = "kept",
+    positions: Sequence[int] | torch.Tensor | None = None,
 ) -> PrefillResult:
     """Run the model over `input_ids`; return the KV cache of every token and the next-token logits.
 
@@ -143,11 +144,25 @@ def prefill(
     returns rows `attention_rows` of each layer's [heads, seq, seq] matrix; `capture_query_rows` records the
     post-RoPE queries of those rows with SDPA instead (O(rows x seq) memory later, not O(seq^2) now).
     `keep` (bool per position) hides positions with the attention mask, as in `generate_masked`.
+    `positions` gives each token its own (original) position id instead of 0..n-1: prefilling only the visible
+    tokens of a prompt at their original positions computes exactly what a `keep`-masked prefill computes for
+    them (a hidden token is attended by nobody, and its own outputs are discarded), at the cost of the visible
+    tokens alone: the fast path of `drop` and of Scout mode's cloud side.
     """
     model = lm.model
     ids = _ids_tensor(input_ids, lm.device)
     n = ids.shape[1]
-    mask, pos = _mask_and_positions(keep, n, position_mode, lm.device)
+    if positions is not None:
+        if keep is not None:
+            raise ValueError("give either keep or positions, not both")
+        pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+        if pos.numel() != n:
+            raise ValueError(f"{pos.numel()} positions for {n} tokens")
+        if int(pos[0]) < 0 or (n > 1 and not bool(torch.all(pos[1:] > pos[:-1]))):
+            raise ValueError("positions must be non-negative and strictly increasing")
+        mask, pos = None, pos.unsqueeze(0).to(lm.device)
+    else:
+        mask, pos = _mask_and_positions(keep, n, position_mode, lm.device)
     impl = "eager" if output_attentions else register_capture_attention()
     _set_attn(model, impl)
     _capture.rows = capture_query_rows if not output_attentions else None

@@ -22,8 +22,9 @@ One request, step by step (the roles in brackets):
      the uplink) -> [cloud decoder] `answer_from_blob` (verify checksum and model fingerprint, rebuild, feed the
      last prompt token at its original position, generate).
    * ``scout`` / ``text``: [selector] `EdgeResult.position_set` (scout only) -> [cloud decoder]
-     `answer_from_document` (re-prefill the cloud's own model over the document, masked to the kept positions in
-     scout mode, mapped across tokenizers by character spans when the two models tokenize differently).
+     `answer_from_document` (the cloud's own model re-reads the document; in scout mode only the kept positions,
+     prefilled alone at their original position ids, mapped across tokenizers by character spans when the two
+     models tokenize differently).
 
 What counts as "bytes sent" (`uplink_payload_bytes`): the content this request puts on the uplink. KV modes: the
 blob. Scout: the position set, the question and the 32-byte document reference. Text: question and reference.
@@ -364,8 +365,9 @@ def answer_from_document(
     max_new_tokens: int = 32,
     max_context_tokens: int = 1 << 24,
 ) -> Answer:
-    """Cloud side of ``text`` (``positions=None``: full prefill) and ``scout`` (re-prefill masked to the kept
-    context positions, original position ids).
+    """Cloud side of ``text`` (``positions=None``: full prefill) and ``scout`` (re-read the prompt seeing only the
+    kept context positions, at their original position ids: the `drop` application, which prefills the visible
+    tokens alone, so the cloud's cost shrinks with the retention).
 
     ``context_tokens`` is the edge's context length the set was encoded against. ``edge_tokenizer`` (when the
     edge model tokenizes differently) maps the edge's positions onto this model's tokens by character spans;
@@ -393,7 +395,7 @@ def answer_from_document(
             f"the position set is over {context_tokens} context tokens but this model reads {len(prompt.context)} "
             "(a different tokenizer: the decoder needs the edge's tokenizer to align them)"
         )
-    gen = apply_selection(lm, prompt, kept, how="mask", max_new_tokens=max_new_tokens)
+    gen = apply_selection(lm, prompt, kept, how="drop", max_new_tokens=max_new_tokens)
     t = gen.timings
     return _answer(gen, time.perf_counter() - t0 - sum(t.values()) + t["prefill"], t["generate"])
 

@@ -202,3 +202,24 @@ def test_batched_generation_stops_each_row_on_its_own(smol_fp32, squad_answerabl
         alone = generate_from_cache(lm, kv, ids[-1:], max_new_tokens=MAX_NEW, stop_at_newline=True)
         assert (got.token_ids, got.finish) == (alone.token_ids, alone.finish)
     assert generate_from_caches(lm, [], ids[-1:]) == []
+
+
+def test_prefilling_only_the_visible_tokens_equals_the_masked_prefill(smol_fp32, squad_answerable) -> None:
+    """`positions`: the visible tokens alone at their original ids give the masked prefill's K/V for them."""
+    lm = smol_fp32
+    for i, ex in enumerate(squad_answerable[:3]):
+        p = prompt_for_example(lm.tokenizer, ex)
+        ids = p.input_ids
+        keep = _random_keep(p, 0.4, seed=10 + i)[:-1]
+        visible = torch.nonzero(keep).flatten()
+        masked = prefill(lm, ids[:-1], keep=keep).kv.select(visible)
+        sparse = prefill(lm, [ids[j] for j in visible.tolist()], positions=visible).kv
+        assert torch.equal(sparse.positions, masked.positions) and sparse.seq_len < len(ids) - 1
+        for a, b in zip(sparse.keys + sparse.values, masked.keys + masked.values, strict=True):
+            assert torch.max(torch.abs(a - b)).item() < 1e-3
+    with pytest.raises(ValueError, match="strictly increasing"):
+        prefill(lm, [1, 2, 3], positions=[0, 2, 2])
+    with pytest.raises(ValueError, match="positions for"):
+        prefill(lm, [1, 2, 3], positions=[0, 1])
+    with pytest.raises(ValueError, match="not both"):
+        prefill(lm, [1, 2], positions=[0, 1], keep=torch.ones(2, dtype=torch.bool))

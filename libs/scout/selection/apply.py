@@ -4,11 +4,12 @@
 SDPA, plus an eager prefill only if some selector insists on eager attention). `apply_selection` answers from a
 selection three ways:
 
-* `mask`  - re-prefill with unselected context hidden by the attention mask (the study's method; Scout mode's
-            cloud side); position ids `kept` (original) or `compacted` (what the study's code actually did).
-* `drop`  - the same computation, but the hidden positions are physically removed from the cache before the
-            last prompt token is fed; the survivors keep their original position ids. Equals `mask` up to
-            float rounding.
+* `mask`  - re-prefill with unselected context hidden by the attention mask (the study's method); position
+            ids `kept` (original) or `compacted` (what the study's code actually did).
+* `drop`  - the same function as `mask`, computed on the visible tokens alone: they are prefilled at their
+            original position ids (a hidden token is attended by nobody, so it need not be computed at all),
+            then the last prompt token is fed. Equals `mask` up to float rounding and costs the kept fraction
+            of a prefill: Scout mode's cloud side uses it.
 * `evict` - KV modes with selection: the edge's *full-context* cache (computed anyway for scoring) is pruned to
             the kept positions and shipped; kept tokens' K/V still carry what they attended to in the full
             context. A different method from `mask`, usually better (nothing is recomputed without context).
@@ -73,7 +74,7 @@ def apply_selection(
         raise ValueError("only `mask` supports compacted positions; drop/evict keep original position ids")
     visible = torch.nonzero(keep[:-1]).flatten()
     if how == "drop":
-        kv = prefill(lm, ids[:-1], keep=keep[:-1]).kv.select(visible)
+        kv = prefill(lm, [ids[i] for i in visible.tolist()], positions=visible).kv
     elif how == "evict":
         base = full_kv.kv if full_kv is not None else prefill(lm, ids[:-1]).kv
         kv = base.select(visible)

@@ -2,8 +2,9 @@
 
 Per sample: Q2C scores from the edge model and from the cloud model (one scoring prefill each); the cloud's
 full-context answer (reference) and the edge's own full-context answer (what `local` mode would give); then for
-every retention: `scout@r` (cloud, context masked to the edge's selection), `own@r` (cloud, masked to its own
-selection), the overlap of the two selections and the position-set bytes that crossed the uplink. When the two
+every retention: `scout@r` (cloud, seeing only the edge's selection), `own@r` (cloud, seeing only its own
+selection; both computed as Scout mode's cloud side does, the visible tokens prefilled alone at their original
+position ids), the overlap of the two selections and the position-set bytes that crossed the uplink. When the two
 tokenizers differ (SmolLM2 -> Qwen), the edge's positions are mapped by character spans (`align_positions`).
 """
 
@@ -46,21 +47,24 @@ class ScoutExperiment(Experiment):
         }
 
     def run_sample(self, ex: Example) -> dict[str, dict[str, Any]]:
-        from scout.inference import generate
+        import torch
+
+        from scout.inference import generate_from_caches, keep_mask, prefill
         from scout.positions import align_positions, encode_positions
         from scout.prompts import prompt_for_example
-        from scout.selection import apply_selection, jaccard, score_prompt
+        from scout.selection import jaccard, score_prompt
 
         mx = self.cfg.max_new_tokens
         pe = prompt_for_example(self.edge.tokenizer, ex)
         pc = prompt_for_example(self.cloud.tokenizer, ex)
-        edge_scores = self.selector.score(score_prompt(self.edge, pe, [self.selector]))
-        cloud_scores = self.selector.score(score_prompt(self.cloud, pc, [self.selector]))
-        out: dict[str, dict[str, Any]] = {
-            "cloud_full": scored(ex, generate(self.cloud, pc.input_ids, max_new_tokens=mx)),
-            "edge_full": scored(ex, generate(self.edge, pe.input_ids, max_new_tokens=mx)),
-        }
+        edge_ctx = score_prompt(self.edge, pe, [self.selector])
+        cloud_ctx = score_prompt(self.cloud, pc, [self.selector])
+        edge_scores, cloud_scores = self.selector.score(edge_ctx), self.selector.score(cloud_ctx)
         n_edge, n_cloud = len(pe.context), len(pc.context)
+        ids = pc.input_ids
+        # Row 0: the cloud's full-context answer, from its scoring prefill's cache (prompt minus the last token).
+        names, caches = ["cloud_full"], [cloud_ctx.kv.select(torch.arange(len(ids) - 1))]
+        facts: dict[str, dict[str, Any]] = {}
         for r in self.retentions:
             edge_kept = self.selector.select(edge_scores, r)
             own = self.selector.select(cloud_scores, r)
@@ -70,11 +74,26 @@ class ScoutExperiment(Experiment):
             else:
                 mapped = align_positions(pe.context_offsets, edge_kept, pc.context_offsets)
             inter = len(np.intersect1d(mapped, own))
-            overlap = inter / max(1, len(own))
-            facts = {"overlap": overlap, "jaccard": jaccard(mapped, own), "positions_bytes": sent}
-            g_scout = apply_selection(self.cloud, pc, mapped, how="mask", max_new_tokens=mx)
-            g_own = apply_selection(self.cloud, pc, own, how="mask", max_new_tokens=mx)
-            out[f"scout@{r:g}"] = scored(ex, g_scout, **facts)
-            out[f"own@{r:g}"] = scored(ex, g_own, kept=len(own))
+            facts[f"scout@{r:g}"] = {
+                "overlap": inter / max(1, len(own)),
+                "jaccard": jaccard(mapped, own),
+                "positions_bytes": sent,
+            }
+            facts[f"own@{r:g}"] = {"kept": len(own)}
+            for name, kept in ((f"scout@{r:g}", mapped), (f"own@{r:g}", own)):
+                # Scout mode's cloud side (`drop`): the visible tokens alone, prefilled at their original ids.
+                keep = keep_mask(len(ids), pc.context.indices(), torch.as_tensor(kept, dtype=torch.long))[:-1]
+                visible = torch.nonzero(keep).flatten()
+                names.append(name)
+                caches.append(prefill(self.cloud, [ids[i] for i in visible.tolist()], positions=visible).kv)
+        gens = generate_from_caches(self.cloud, caches, ids[-1:], start_position=len(ids) - 1, max_new_tokens=mx)
+        out: dict[str, dict[str, Any]] = {
+            name: scored(ex, gen, **facts.get(name, {})) for name, gen in zip(names, gens, strict=True)
+        }
+        edge_ids = pe.input_ids
+        (edge_gen,) = generate_from_caches(
+            self.edge, [edge_ctx.kv.select(torch.arange(len(edge_ids) - 1))], edge_ids[-1:], max_new_tokens=mx
+        )
+        out["edge_full"] = scored(ex, edge_gen)
         out["_meta"] = {"edge_context_tokens": n_edge, "cloud_context_tokens": n_cloud}
         return out
