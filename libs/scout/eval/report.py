@@ -5,7 +5,8 @@ quality relative to the run's reference condition with a paired bootstrap CI, a 
 test against the reference (Bonferroni-corrected over the run's conditions), and the mean of every other
 numeric field (bytes, overlap …). Experiment-specific views follow the study's layout (method x retention for
 selection; edge-chosen vs cloud-own positions for Scout). Outputs: `report.md`, `summary.json` and PNG plots in
-the run folder, and an index `README.md` at the root. Nothing here is typed in: every number is computed.
+the run folder, an index `README.md` at the root, and the planner's operating-point tables per model pair in
+`operating_points/` (`scout.eval.operating_points`). Nothing here is typed in: every number is computed.
 """
 
 from __future__ import annotations
@@ -248,4 +249,8 @@ def write_reports(root: Path) -> list[dict[str, Any]]:
         index.append(f"| {s['experiment']} | {s['run']} | {s['n']} | `{s['reference']}` | [{rel}]({rel}) |")
     root.mkdir(parents=True, exist_ok=True)
     (root / "README.md").write_text("\n".join(index) + "\n")
+    # The planner's operating-point tables (root/operating_points/), built from the summaries just computed.
+    from scout.eval.operating_points import write_operating_points
+
+    write_operating_points(root, summaries)
     return summaries

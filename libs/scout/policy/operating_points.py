@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = [
     "KNOWN_MODES",
     "KVGeometry",
+    "MeasuredQuality",
     "OperatingPoint",
     "OperatingPointTable",
     "SizeModel",
@@ -93,7 +94,8 @@ class OperatingPoint(SizeModel):
     """One measured way to answer: mode, retention, bit plan, its size model, and its quality with a CI.
 
     ``plan`` names the bit plan or payload (``bf16``, ``int8``, ``int4``, ``mixed:0=16``, ``positions``,
-    ``none``). ``quality_*`` are in the table's metric; ``n`` is the number of examples behind them.
+    ``none``). ``quality_*`` are in the table's metric; ``n`` is the number of examples behind them; ``source``
+    names the measurement (run folder and condition) so that every number of a table can be traced back.
     """
 
     mode: str = Field(min_length=1)
@@ -105,6 +107,7 @@ class OperatingPoint(SizeModel):
     n: int = Field(ge=0)
     model_pair: str = Field(min_length=1)
     notes: str = ""
+    source: str = ""
 
     @model_validator(mode="after")
     def _check_ci(self) -> OperatingPoint:
@@ -134,11 +137,32 @@ class OperatingPoint(SizeModel):
         return cls(**size.size_fields(), **fields)
 
 
+class MeasuredQuality(BaseModel):
+    """A measured quality with its CI and provenance: what a table's reference for a model pair rests on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mean: float
+    lo: float
+    hi: float
+    n: int = Field(ge=0)
+    source: str = ""
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _check_ci(self) -> MeasuredQuality:
+        if not self.lo <= self.mean <= self.hi:
+            raise ValueError(f"need lo <= mean <= hi, got {self.lo} / {self.mean} / {self.hi}")
+        return self
+
+
 class OperatingPointTable(BaseModel):
     """All operating points of one evaluation run, for one or more model pairs; saved and loaded as JSON.
 
     ``reference`` maps a model pair to the quality that relative quality divides by. A pair without an entry
     uses its ``full`` point at retention 1; without either, relative quality is undefined and raises.
+    ``reference_detail`` (optional) says where a pair's reference comes from (CI, n, run); when given, its mean
+    must be the ``reference`` value.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -147,6 +171,7 @@ class OperatingPointTable(BaseModel):
     metric: str = "f1"
     source: str = ""
     reference: dict[str, float] = Field(default_factory=dict)
+    reference_detail: dict[str, MeasuredQuality] = Field(default_factory=dict)
     points: list[OperatingPoint] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -160,6 +185,9 @@ class OperatingPointTable(BaseModel):
         for pair, ref in self.reference.items():
             if not ref > 0:
                 raise ValueError(f"reference quality of {pair} must be positive, got {ref}")
+        for pair, detail in self.reference_detail.items():
+            if pair not in self.reference or not math.isclose(self.reference[pair], detail.mean, rel_tol=1e-12):
+                raise ValueError(f"reference_detail of {pair} ({detail.mean}) is not its reference quality")
         return self
 
     # --- persistence ------------------------------------------------------------------------------------------

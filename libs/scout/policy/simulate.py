@@ -31,7 +31,7 @@ import heapq
 import json
 import math
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -181,6 +181,11 @@ class SimConfig(BaseModel):
     min_goodput_bytes: int = Field(default=64 * 1024, ge=1)
     bootstrap: int = Field(default=1000, ge=1)
     seed: int = 0
+    plan_after_prefill: bool = False
+    """Plan when the edge's prefill and scoring are done, as the pipeline does (the selector asks the policy after
+    `edge_prefill`), instead of at arrival: the estimate and the uplink backlog are those of that moment. With
+    compute that takes seconds this is the difference between a fresh and a stale estimate. The pre-plan time is
+    the smallest ``prefill + score`` of the table's modes at the request's context length."""
 
 
 class RequestRecord(BaseModel):
@@ -288,7 +293,9 @@ def simulate(
     config = config or SimConfig()
     if not requests:
         raise ValueError("no requests to simulate")
-    reqs = sorted(requests, key=lambda r: (r.t_s, r.request_id))
+    pre_plan = _pre_plan_time(table, stages, requests) if config.plan_after_prefill else None
+    t_plan = {r.request_id: r.t_s + (pre_plan(r) if pre_plan else 0.0) for r in requests}
+    reqs = sorted(requests, key=lambda r: (t_plan[r.request_id], r.t_s, r.request_id))
     estimator = make_estimator(policy.estimator)
     window: deque[float] = deque(maxlen=policy.window)
     probes = _Probes(process, config.probe_interval_s)
@@ -296,13 +303,20 @@ def simulate(
     link_free = 0.0
     records: list[RequestRecord] = []
     for r in reqs:
-        for t_obs, rate in probes.due(r.t_s):
+        now = t_plan[r.request_id]
+        for t_obs, rate in probes.due(now):
             estimator.update(t_obs, rate)
             window.append(rate)
-        inflight = [x for x in inflight if x[1] > r.t_s]
-        queued = _queued_bytes(process, inflight, r.t_s)
+        inflight = [x for x in inflight if x[1] > now]
+        queued = _queued_bytes(process, inflight, now)
         pr = r.plan_request()
         est = estimator.estimate()
+        if policy.kind == "robust":
+            est = float(np.quantile(np.asarray(list(window), dtype=np.float64), policy.quantile)) if window else 0.0
+        # The planner counts the queue from arrival; a backlog seen `now - t_s` later is the same as one that
+        # much larger at arrival, draining at the estimated rate meanwhile (exact at a constant rate).
+        if queued > 0 and now > r.t_s and est > 0:
+            queued += est * (now - r.t_s) / 8.0
         p: Plan
         if policy.kind == "adaptive":
             p = plan(pr, est, table, stages, queued_bytes=queued)
@@ -353,7 +367,25 @@ def simulate(
                 reason=p.reason,
             )
         )
+    records.sort(key=lambda rec: (rec.t_s, rec.request_id))
     return SimResult(policy=policy, records=records, summary=summarise(policy.name, records, config))
+
+
+def _pre_plan_time(
+    table: OperatingPointTable, stages: StageTimes, requests: Sequence[SimRequest]
+) -> Callable[[SimRequest], float]:
+    """Seconds from arrival to the plan (`SimConfig.plan_after_prefill`): the smallest ``prefill + score`` over
+    the modes the request's model pair can choose, at its context length."""
+    modes: dict[str | None, list[str]] = {}
+    for r in requests:
+        if r.model_pair not in modes:
+            modes[r.model_pair] = sorted({p.mode for p in table.for_pair(r.model_pair)})
+
+    def pre(r: SimRequest) -> float:
+        n = r.context_tokens
+        return min(stages.for_mode(m).prefill.at(n) + stages.for_mode(m).score.at(n) for m in modes[r.model_pair])
+
+    return pre
 
 
 def summarise(name: str, records: Sequence[RequestRecord], config: SimConfig | None = None) -> PolicySummary:
