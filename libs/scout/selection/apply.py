@@ -17,6 +17,7 @@ selection three ways:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -73,6 +74,7 @@ def apply_selection(
     if position_mode != "kept":
         raise ValueError("only `mask` supports compacted positions; drop/evict keep original position ids")
     visible = torch.nonzero(keep[:-1]).flatten()
+    t0 = time.perf_counter()
     if how == "drop":
         kv = prefill(lm, [ids[i] for i in visible.tolist()], positions=visible).kv
     elif how == "evict":
@@ -80,6 +82,10 @@ def apply_selection(
         kv = base.select(visible)
     else:
         raise ValueError(f"unknown application {how!r}; use mask, drop or evict")
-    return generate_from_cache(
+    prefill_s = time.perf_counter() - t0
+    gen = generate_from_cache(
         lm, kv, ids[-1:], start_position=len(ids) - 1, max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline
     )
+    # Same timing keys as `mask` (prefill, generate): callers account every application alike.
+    gen.timings = {"prefill": prefill_s + gen.timings.pop("rebuild") + gen.timings.pop("suffix"), **gen.timings}
+    return gen
