@@ -28,10 +28,10 @@ app.add_typer(bench_app, name="bench")
 
 
 def _register_commands() -> None:
-    from scout.commands import codec, policy, selection, serve, shape
+    from scout.commands import codec, policy, reliability, selection, serve, shape
     from scout.commands import eval as eval_commands
 
-    for module in (selection, policy, eval_commands, serve, codec, shape):
+    for module in (selection, policy, eval_commands, serve, codec, shape, reliability):
         module.register(app, bench_app)
 
 
@@ -41,7 +41,7 @@ err = Console(stderr=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="alias, local folder or Hugging Face id")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 … (default: CUDA if present)")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="bf16 (default; ~3x faster than fp32 on CPU) or fp32")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="bf16 (default, the wire format) or fp32 (faster on AVX2 CPUs)")]
 
 
 def _fail(msg: str) -> None:
@@ -106,18 +106,30 @@ def models_prepare(
 @app.command()
 def demo(
     model: ModelOpt = "smollm2-135m",
-    rate_mbit: Annotated[float, typer.Option("--rate", help="simulated uplink rate, Mbit/s")] = 100.0,
+    rate_mbit: Annotated[
+        float, typer.Option("--rate", "--rate-mbit", help="simulated uplink rate, Mbit/s (the policy plans at it)")
+    ] = 100.0,
     example: Annotated[int, typer.Option("--example", help="index into the answerable SQuAD v2 sample")] = 5,
     question: Annotated[str | None, typer.Option(help="your own question (with --context)")] = None,
     context: Annotated[str | None, typer.Option(help="your own document text")] = None,
     max_new_tokens: Annotated[int, typer.Option()] = 24,
+    deadline_ms: Annotated[
+        int, typer.Option("--deadline-ms", help="each ask's deadline (the policy plans to it)")
+    ] = 10_000,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = "bf16",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="auto (bf16 where the hardware computes in it, else fp32), bf16 or fp32")
+    ] = "auto",
 ) -> None:
-    """Edge → cloud in one process: prefill on the edge, serialise the KV cache into a checked blob, send it
-    over a paced in-process link, rebuild it on the cloud side and answer from it."""
+    """The four service roles in this process (in-process bus, memory stores, an uplink paced at --rate): asks
+    one question with the policy's choice, then full, int4, scout and the edge alone, and tables bytes, upload
+    time, latency and answers."""
+    import logging
+
     from scout.demo import run_demo
 
+    # A client's own disconnect is not news: keep the in-process bus's warnings out of the demo's output.
+    logging.getLogger("scout_runtime.bus").setLevel(logging.ERROR)
     try:
         run_demo(
             console,
@@ -127,6 +139,7 @@ def demo(
             question=question,
             context=context,
             max_new_tokens=max_new_tokens,
+            deadline_ms=deadline_ms,
             device=device,
             dtype=dtype,
         )

@@ -8,7 +8,9 @@ Delivery is at least once (JetStream), replies must be exactly once, so:
   is sent; a redelivered item (``delivery_count > 1``) whose reply is there is acked without a second reply (the
   window in which a duplicate is still possible is the few milliseconds between publish and that store write);
   a *first* delivery that finds a reply there is a request id reused after its decode finished, and gets the
-  kept reply (same id, same answer);
+  kept reply (same id, same answer); the store is read again just before sending, so a delivery that lost its item
+  to a redelivery while it worked (a frozen replica, heartbeats cut off by a NATS restart) and finishes after the
+  other replica answered sends nothing (only replicas finishing within the same milliseconds can both send);
 * failures are typed: bad input, a missing or corrupt blob, another model's blob are answered with an
   `ErrorReply` at once (retrying cannot help) and acked; an unexpected or retryable failure is nak'ed for another
   replica, unless this is the last delivery, when the decoder answers with the error itself (nobody else will);
@@ -91,6 +93,12 @@ class DecoderHandlers:
             out = await self._answer_or_error(req, item)
             if out is None:
                 return  # nak'ed for another replica
+            if await self._kept_reply(key) is not None:
+                # While this delivery worked, the item was redelivered (its heartbeats stopped reaching the server:
+                # a frozen process, a NATS restart) and another replica has answered it: send no second reply.
+                role.metrics.count("decode", "duplicate")
+                await item.ack()
+                return
             await self._send(req, out, key, remember=True)
             await item.ack()
 

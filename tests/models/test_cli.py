@@ -41,7 +41,8 @@ def test_prepare_unknown_alias_fails_with_one_line() -> None:
 
 
 @pytest.mark.models
-def test_demo_answers_from_a_rebuilt_cache() -> None:
+def test_demo_runs_the_embedded_roles() -> None:
+    """README line 1: `scout demo` with no servers: the four roles in-process, one table row per ask."""
     proc = subprocess.run(
         [sys.executable, "-m", "scout.cli", "demo", "--max-new-tokens", "8", "--rate", "400"],
         capture_output=True,
@@ -51,5 +52,10 @@ def test_demo_answers_from_a_rebuilt_cache() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert "sha256-verified" in out and "answer (from the rebuilt cache)" in out
-    assert "(identical tokens)" in out
+    assert "four roles in-process, uplink paced at 400 Mbit/s" in out
+    assert "policy chose" in out and "at 400 Mbit/s" in out
+    rows = [line.split() for line in out.splitlines()]
+    for ask in ("policy", "full", "int4", "scout"):
+        assert any(r[:1] == [ask] for r in rows), ask
+    assert any(r[:3] == ["edge", "only", "local"] for r in rows)
+    assert "gold:" in out
