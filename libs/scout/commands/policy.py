@@ -332,17 +332,9 @@ def simulate_suite_cmd(
     stages_dir: Annotated[Path, typer.Option(help="where --pair looks for <edge>__<cloud>.json")] = Path(
         "reports/stages"
     ),
-    traces: Annotated[str, typer.Option(help="comma list: markov and trace names")] = ",".join(
-        [
-            "markov",
-            "nuwins_lte_ul_driving_run1",
-            "nuwins_mmwave5g_nsa_ul_driving_run2",
-            "mtu_5gnsa_ul_mobile_cork_171221",
-            "umn_tmo_sa5g_ul_walking_run20070",
-            "umn_vzw_mmwave5g_ul_walking_run196",
-            "mahimahi_tmobile_lte_short_up",
-        ]
-    ),
+    traces: Annotated[
+        str | None, typer.Option(help="comma list: markov and trace names (default: the suite's DEFAULT_TRACES)")
+    ] = None,
     context_tokens: Annotated[int, typer.Option(help="context length of every request")] = 512,
     slacks: Annotated[str, typer.Option(help="comma list: deadline = compute of full + slack (s)")] = "0.5,1,2,4",
     requests: Annotated[int, typer.Option(help="requests per trace")] = 200,
@@ -366,8 +358,10 @@ def simulate_suite_cmd(
     from pydantic import ValidationError
 
     from scout.policy.planner import StageTimes
-    from scout.policy.suite import SuiteConfig, run_suite
+    from scout.policy.suite import DEFAULT_TRACES, SuiteConfig, run_suite
     from scout.policy.suite_report import write_readme
+
+    traces = traces or ",".join(DEFAULT_TRACES)
 
     if not tables and eval_root is None:
         _fail("give --table/--stages, or --eval-root with --pair")
