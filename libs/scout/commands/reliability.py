@@ -19,6 +19,16 @@ from rich.console import Console
 
 console = Console()
 
+# The options both commands take (one definition, so the two never drift apart).
+ConcurrencyOpt = Annotated[list[int] | None, typer.Option(help="soak load levels (repeatable); default 1, 8, 32")]
+RequestsOpt = Annotated[
+    list[int] | None, typer.Option(help="requests per client, one value or one per level; default 16, 4, 3")
+]
+ModelOpt = Annotated[str, typer.Option(help="model of every role")]
+DtypeOpt = Annotated[str, typer.Option(help="compute dtype")]
+MaxNewTokensOpt = Annotated[int, typer.Option(help="tokens generated per request")]
+DocumentsOpt = Annotated[int, typer.Option(help="SQuAD v2 prompts in the mix")]
+
 
 def _levels(concurrency: list[int], requests: list[int]) -> list[tuple[int, int]]:
     """(clients, requests per client) per level; one ``--requests`` value applies to every level."""
@@ -53,16 +63,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="output folder (the Markdown goes next to it)")] = Path(
             "reports/reliability"
         ),
-        concurrency: Annotated[
-            list[int] | None, typer.Option(help="soak load levels (repeatable); default 1, 8, 32")
-        ] = None,
-        requests: Annotated[
-            list[int] | None, typer.Option(help="requests per client, one value or one per level; default 16, 4, 3")
-        ] = None,
-        model: Annotated[str, typer.Option(help="model of every role")] = "smollm2-135m",
-        dtype: Annotated[str, typer.Option(help="compute dtype")] = "fp32",
-        max_new_tokens: Annotated[int, typer.Option(help="tokens generated per request")] = 6,
-        documents: Annotated[int, typer.Option(help="SQuAD v2 prompts in the mix")] = 16,
+        concurrency: ConcurrencyOpt = None,
+        requests: RequestsOpt = None,
+        model: ModelOpt = "smollm2-135m",
+        dtype: DtypeOpt = "fp32",
+        max_new_tokens: MaxNewTokensOpt = 6,
+        documents: DocumentsOpt = 16,
         hostile_random: Annotated[int, typer.Option(help="random-byte inputs per entry point")] = 16,
     ) -> None:
         """Soak at each load level (sent / answered / typed errors / lost / duplicated, p50/p99), every fault
@@ -83,16 +89,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="output folder (the Markdown goes next to it)")] = Path(
             "reports/reliability/soak"
         ),
-        concurrency: Annotated[
-            list[int] | None, typer.Option(help="load levels (repeatable); default 1, 8, 32")
-        ] = None,
-        requests: Annotated[
-            list[int] | None, typer.Option(help="requests per client, one value or one per level; default 16, 4, 3")
-        ] = None,
-        model: Annotated[str, typer.Option(help="model of every role")] = "smollm2-135m",
-        dtype: Annotated[str, typer.Option(help="compute dtype")] = "fp32",
-        max_new_tokens: Annotated[int, typer.Option(help="tokens generated per request")] = 6,
-        documents: Annotated[int, typer.Option(help="SQuAD v2 prompts in the mix")] = 16,
+        concurrency: ConcurrencyOpt = None,
+        requests: RequestsOpt = None,
+        model: ModelOpt = "smollm2-135m",
+        dtype: DtypeOpt = "fp32",
+        max_new_tokens: MaxNewTokensOpt = 6,
+        documents: DocumentsOpt = 16,
     ) -> None:
         """Only the soak: a bounded mix of modes and real prompts at each load level; lost and duplicated requests
         counted at the clients and on the result subjects; JSON + Markdown + PNG."""
