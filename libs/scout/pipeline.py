@@ -189,6 +189,11 @@ class EdgeResult:
     def context_tokens(self) -> int:
         return len(self.prompt.context)
 
+    @property
+    def extra_tokens(self) -> int:
+        """Hand-off cache tokens outside the context (instruction, question): KV modes send them in full."""
+        return max(0, self.prompt_tokens - 1 - self.context_tokens)
+
     def kept(self, retention: float) -> np.ndarray:
         """Sorted context-relative indices the selector keeps at ``retention``."""
         if self.context_tokens == 0:
@@ -461,15 +466,18 @@ class PolicyConfig:
     def default_retention(self, mode: str) -> float:
         return self.scout_retention if mode == "scout" else 1.0
 
-    def size_bytes(self, mode: str, context_tokens: int, retention: float) -> int | None:
-        """Bytes of ``mode`` at ``retention`` from the table's point or the codec sizes; None if neither knows."""
+    def size_bytes(self, mode: str, context_tokens: int, retention: float, extra_tokens: int = 0) -> int | None:
+        """Bytes of ``mode`` at ``retention`` from the table's point or the codec sizes; None if neither knows.
+
+        ``extra_tokens``: the hand-off cache's tokens outside the context, which KV modes carry in full.
+        """
         if self.table is not None:
             try:
-                return self.table.get(mode, retention).bytes_for(context_tokens)
+                return self.table.get(mode, retention).bytes_for(context_tokens, extra_tokens)
             except (KeyError, ValueError):
                 pass
         if mode in self.sizes:
-            return self.sizes[mode][1].size_bytes(context_tokens, retention)
+            return self.sizes[mode][1].size_bytes(context_tokens, retention, extra_tokens)
         return 0 if mode == "local" else None
 
 
@@ -495,6 +503,7 @@ def forced_plan(
     bandwidth_bps: float,
     model_pair: str | None = None,
     request_id: str = "",
+    extra_tokens: int = 0,
 ) -> Plan:
     """The plan for a mode the request forces: sized, timed at the estimated rate, judged against the deadline."""
     if mode not in MODES:
@@ -502,7 +511,7 @@ def forced_plan(
     r = policy.default_retention(mode) if retention is None else float(retention)
     if mode in ("text", "local"):
         r = 1.0
-    nbytes = policy.size_bytes(mode, context_tokens, r) or 0
+    nbytes = policy.size_bytes(mode, context_tokens, r, extra_tokens) or 0
     bit_plan = bit_plan_for(mode, policy.mixed_plan)
     quality, compute, pair = math.nan, 0.0, model_pair or ""
     if policy.table is not None:
@@ -545,6 +554,7 @@ def threshold_plan(
     bandwidth_bps: float,
     model_pair: str | None = None,
     request_id: str = "",
+    extra_tokens: int = 0,
 ) -> Plan:
     """The rule used until an operating-point table is configured (same `Plan` interface as the planner).
 
@@ -583,7 +593,7 @@ def threshold_plan(
     for mode in policy.threshold_modes:
         if mode not in policy.sizes:
             continue
-        nbytes = policy.sizes[mode][1].size_bytes(context_tokens, 1.0)
+        nbytes = policy.sizes[mode][1].size_bytes(context_tokens, 1.0, extra_tokens)
         if _transfer_s(nbytes, bandwidth_bps) <= budget:
             return plan_for(mode, 1.0, nbytes, False, f"{mode} ({nbytes} B) crosses {rate} within {budget:.3f} s")
     r = policy.scout_retention
@@ -603,14 +613,22 @@ def plan_request(
     retention: float | None = None,
     model_pair: str | None = None,
     request_id: str = "",
+    extra_tokens: int = 0,
 ) -> Plan:
     """The transport policy's decision for one request (see the module docstring, step 2).
 
     ``deadline_s`` is the request's whole deadline; ``elapsed_s`` what the edge already spent (the planner gets
-    the remainder, at least 1 ms so an overdue request still gets a plan: its fallback).
+    the remainder, at least 1 ms so an overdue request still gets a plan: its fallback). ``extra_tokens``: the
+    hand-off cache's tokens outside the context (``prompt_tokens - 1 - context_tokens``), sent in full by KV
+    modes; without them a plan under-sizes every KV transfer by the instruction and the question.
     """
     remaining = max(deadline_s - elapsed_s, 1e-3)
-    common = {"context_tokens": context_tokens, "deadline_s": remaining, "bandwidth_bps": bandwidth_bps}
+    common = {
+        "context_tokens": context_tokens,
+        "deadline_s": remaining,
+        "bandwidth_bps": bandwidth_bps,
+        "extra_tokens": extra_tokens,
+    }
     if mode is not None:
         return forced_plan(
             policy, mode=mode, retention=retention, model_pair=model_pair, request_id=request_id, **common
@@ -623,7 +641,11 @@ def plan_request(
         modes = {p.mode for p in policy.table.for_pair(pair)}
         stages = policy.stages or StageTimes.transfer_only(pair, modes)
         request = PlannerRequest(
-            context_tokens=context_tokens, deadline_s=remaining, model_pair=pair, request_id=request_id
+            context_tokens=context_tokens,
+            deadline_s=remaining,
+            model_pair=pair,
+            request_id=request_id,
+            extra_tokens=extra_tokens,
         )
         return plan(request, bandwidth_bps, policy.table, stages)
     return threshold_plan(policy, model_pair=model_pair, request_id=request_id, **common)
@@ -675,6 +697,7 @@ def answer_inprocess(
     plan = plan_request(
         policy,
         context_tokens=edge.context_tokens,
+        extra_tokens=edge.extra_tokens,
         deadline_s=deadline_s,
         elapsed_s=t0 - t_start,
         bandwidth_bps=bandwidth_bps,

@@ -237,6 +237,9 @@ class PlanRequest(Message):
     deadline_ms: int = Field(ge=1, le=86_400_000)
     elapsed_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     """Time already spent on the request (tokenize, prefill, score) when the plan is asked for."""
+    prompt_tokens: int | None = Field(default=None, ge=1, le=1 << 24)
+    """The whole prompt (instruction, context, question). KV modes send the cache of all but its last token, so
+    the policy sizes them from this; None (an older sender) sizes the context alone."""
     mode: Mode | None = None
     """A forced mode: the policy plans it (bytes, time) instead of choosing."""
     retention: Retention | None = None
@@ -248,7 +251,17 @@ class PlanRequest(Message):
             raise ValueError(f"context_tokens exceeds the limit of {limits.max_context_tokens}")
         if not limits.min_deadline_ms <= self.deadline_ms <= limits.max_deadline_ms:
             raise ValueError(f"deadline_ms must be in [{limits.min_deadline_ms}, {limits.max_deadline_ms}]")
+        if self.prompt_tokens is not None:
+            if self.prompt_tokens <= self.context_tokens:
+                raise ValueError("prompt_tokens must exceed context_tokens (the prompt holds the context and more)")
+            if self.prompt_tokens > limits.max_context_tokens + limits.max_question_chars + 1024:
+                raise ValueError("prompt_tokens exceeds the context and question limits")
         return self
+
+    @property
+    def extra_tokens(self) -> int:
+        """Cache tokens outside the context that KV modes send in full (0 when ``prompt_tokens`` is not given)."""
+        return 0 if self.prompt_tokens is None else self.prompt_tokens - 1 - self.context_tokens
 
 
 class Plan(Message):

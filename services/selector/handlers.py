@@ -171,6 +171,7 @@ class SelectorHandlers:
                     device_id=req.device_id,
                     model_pair=self.args.model_pair,
                     context_tokens=edge.context_tokens,
+                    prompt_tokens=edge.prompt_tokens,
                     deadline_ms=req.deadline_ms,
                     elapsed_ms=(t0 - t_start) * 1000.0,
                     mode=req.mode,

@@ -62,6 +62,7 @@ class PolicyHandlers:
             p = plan_request(
                 self.policy,
                 context_tokens=req.context_tokens,
+                extra_tokens=req.extra_tokens,
                 deadline_s=req.deadline_ms / 1000.0,
                 elapsed_s=req.elapsed_ms / 1000.0,
                 bandwidth_bps=rate,

@@ -94,6 +94,7 @@ def samples() -> list[Message]:
         ErrorReply(code=ErrorCode.BLOB_MISSING, message="gone", request_id="r1"),
         LinkState(device_id="car-7", rate_bps=1e8, source="shaper", at=1700000000.0),
         Health(role="selector", instance="pod-1", ready=True, checks={"bus": True}, at=1.0),
+        PlanRequest(request_id="r3", device_id="car-7", context_tokens=1024, prompt_tokens=1060, deadline_ms=2000),
     ]
 
 
@@ -159,6 +160,16 @@ def test_limits_are_enforced_and_configurable() -> None:
         )
     with pytest.raises(ValueError):
         Limits(min_deadline_ms=10, max_deadline_ms=5)
+
+
+def test_plan_request_prompt_tokens() -> None:
+    """The prompt holds the context and more; KV modes carry all of it but its last token."""
+    old = PlanRequest(request_id="r", device_id="d", context_tokens=100, deadline_ms=10)
+    new = PlanRequest(request_id="r", device_id="d", context_tokens=100, prompt_tokens=130, deadline_ms=10)
+    assert old.extra_tokens == 0 and new.extra_tokens == 29
+    for bad in (100, 50, 0, 1 << 25):
+        with pytest.raises(ValueError):
+            PlanRequest(request_id="r", device_id="d", context_tokens=100, prompt_tokens=bad, deadline_ms=10)
 
 
 def test_size_is_checked_before_json_parsing() -> None:

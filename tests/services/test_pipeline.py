@@ -242,3 +242,32 @@ def test_inprocess_local_and_text(ref_lm: Any, squad: list[Example]) -> None:
     assert local.bytes_sent == 0 and local.answered_by == "edge" and local.token_ids
     assert text.answered_by == "cloud" and text.bytes_sent == len(ex.question.encode()) + 32
     assert {"tokenize", "prefill", "score", "plan", "decode", "generate", "total"} <= set(local.timings)
+
+
+def test_a_plan_sizes_the_whole_hand_off_cache(ref_lm: Any, squad: list[Example]) -> None:
+    """KV modes send the cache of every prompt token but the last: the context (or its kept part) *and* the
+    instruction and question around it. The plan's bytes must count both; what it leaves out is only the blob's
+    JSON header (not modelled), so the sent blob is a little larger than planned, never by a token's worth."""
+    ex = squad[1]
+    edge = edge_prefill(ref_lm, question=ex.question, document=ex.context)
+    assert edge.extra_tokens == edge.prompt_tokens - 1 - edge.context_tokens > 0
+    policy = PolicyConfig.for_model(ref_lm.spec)
+    per_token = policy.sizes["full"][1].bytes_per_context_token
+    for mode, r in (("full", 1.0), ("int8", 1.0), ("int4", 0.5), ("full", 0.25)):
+        ans = answer_inprocess(
+            ref_lm, ref_lm, question=ex.question, document=ex.context, mode=mode, retention=r, max_new_tokens=2
+        )
+        header = ans.bytes_sent - ans.plan.bytes
+        # The JSON header (names, offsets, metadata of every layer's tensors) is less than one token of bf16 KV.
+        assert 0 < header < per_token, (mode, r, ans.bytes_sent, ans.plan.bytes)
+    # Sizing without the extra tokens under-counts by exactly their share of the payload.
+    ctx_only = plan_request(policy, context_tokens=edge.context_tokens, deadline_s=9.0, bandwidth_bps=1e9, mode="full")
+    whole = plan_request(
+        policy,
+        context_tokens=edge.context_tokens,
+        extra_tokens=edge.extra_tokens,
+        deadline_s=9.0,
+        bandwidth_bps=1e9,
+        mode="full",
+    )
+    assert whole.bytes - ctx_only.bytes == per_token * edge.extra_tokens

@@ -242,6 +242,12 @@ def test_codec_sizes_match_the_codec_exactly(layers: int, heads: int, dim: int) 
                 expected = estimate_bytes(layers, heads, k, dim, bp, QuantSpec(bp.default)) + POSITIONS_ITEMSIZE * k
                 assert models[mode][1].size_bytes(n, retention) == expected, (mode, n, retention)
         assert models["full"][1].size_bytes(n) == spec.kv_bytes(n) + POSITIONS_ITEMSIZE * n
+        # The instruction and question around the context travel in full: one sequence with the kept tokens.
+        for extra in (1, 17, 40):
+            k = kept_tokens(n, 0.5) + extra
+            bp = plans["int4"]
+            expected = estimate_bytes(layers, heads, k, dim, bp, QuantSpec(4)) + POSITIONS_ITEMSIZE * k
+            assert models["int4"][1].size_bytes(n, 0.5, extra) == expected
     token_axis = QuantSpec(4, axis_k="token", axis_v="token", group_size=16, symmetric=True)
     sm = kv_size_model(geo, 4, token_axis, header_bytes=777)
     for n in (1, 15, 16, 17, 999):
@@ -253,6 +259,9 @@ def test_scout_size_bounds_the_real_position_codec() -> None:
     from scout.positions import encode_positions
 
     model = positions_size_model(message_bytes=40)
+    assert model.size_bytes(100, 0.5, extra_tokens=30) == model.size_bytes(100, 0.5)  # positions index the context
+    with pytest.raises(ValueError, match="extra_tokens"):
+        model.size_bytes(100, 0.5, extra_tokens=-1)
     rng = np.random.default_rng(0)
     for n in (1, 8, 9, 300, 1024, 4099):
         for retention in (0.05, 0.25, 0.5, 0.75, 1.0):

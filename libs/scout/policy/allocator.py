@@ -143,7 +143,10 @@ def allocate_proportional(
 ) -> Allocation:
     """Shares proportional to each device's KV bytes in ``size_mode`` (bf16 by default) for its context."""
     _check(demands, capacity_bps)
-    sizes = [float(d.table.bytes_for(size_mode, d.request.context_tokens, 1.0, d.request.model_pair)) for d in demands]
+    sizes = [
+        float(d.table.bytes_for(size_mode, d.request.context_tokens, 1.0, d.request.model_pair, d.request.extra_tokens))
+        for d in demands
+    ]
     total = sum(sizes)
     shares = [capacity_bps * s / total for s in sizes] if total > 0 else [capacity_bps / len(demands)] * len(demands)
     return _plan_at_shares(f"proportional:{size_mode}", demands, shares, capacity_bps)
@@ -163,7 +166,15 @@ def _options(d: DeviceDemand) -> list[_Option]:
     for p in d.points():
         need = min_rate_bps(p, d.request, d.stages)
         if math.isfinite(need):
-            out.append(_Option(p, need, 1, d.table.relative_quality(p), p.bytes_for(d.request.context_tokens)))
+            out.append(
+                _Option(
+                    p,
+                    need,
+                    1,
+                    d.table.relative_quality(p),
+                    p.bytes_for(d.request.context_tokens, d.request.extra_tokens),
+                )
+            )
     return out
 
 

@@ -10,8 +10,10 @@ the planner can evaluate without torch:
 
     bytes(n) = fixed_bytes + ceil(bytes_per_context_token * s) + bytes_per_token_group * ceil(s / token_group)
 
-where ``s`` is the number of tokens the message carries: the kept tokens ``ceil(retention * n)`` of an
-``n``-token context in KV modes (``size_basis="kept"``), or all ``n`` in scout mode (``size_basis="context"``:
+where ``s`` is the number of tokens the message carries: in KV modes (``size_basis="kept"``) the kept tokens
+``ceil(retention * n)`` of an ``n``-token context plus the handed-off cache's tokens outside the context (the
+instruction and the question, ``extra_tokens``: selection never drops them, so they always cross in full), or
+all ``n`` in scout mode (``size_basis="context"``:
 the position set is bounded by its bitmap, ``ceil(n / 8)`` bytes plus a tag byte, whatever the retention).
 The group term is exact for channel-axis quantization (one fp16 scale and zero per ``group_size`` tokens per
 channel); the builder checks the closed form against the codec at many lengths and refuses a geometry for
@@ -76,9 +78,18 @@ class SizeModel(BaseModel):
     bytes_per_token_group: int = Field(default=0, ge=0)
     token_group: int = Field(default=1, ge=1)
 
-    def size_bytes(self, context_tokens: int, retention: float = 1.0) -> int:
-        """Bytes on the uplink for an ``n``-token context at ``retention``."""
-        s = kept_tokens(context_tokens, retention) if self.size_basis == "kept" else int(context_tokens)
+    def size_bytes(self, context_tokens: int, retention: float = 1.0, extra_tokens: int = 0) -> int:
+        """Bytes on the uplink for an ``n``-token context at ``retention``.
+
+        ``extra_tokens``: the cache's tokens outside the context (prompt minus its last token minus the
+        context), carried in full by KV modes beside the kept context; position sets and text ignore them.
+        """
+        if extra_tokens < 0:
+            raise ValueError(f"extra_tokens must be >= 0, got {extra_tokens}")
+        if self.size_basis == "kept":
+            s = kept_tokens(context_tokens, retention) + int(extra_tokens)
+        else:
+            s = int(context_tokens)
         if s < 0:
             raise ValueError(f"context_tokens must be >= 0, got {context_tokens}")
         per_token = math.ceil(self.bytes_per_context_token * s - 1e-9) if s else 0
@@ -127,9 +138,9 @@ class OperatingPoint(SizeModel):
     def size(self) -> SizeModel:
         return SizeModel(**self.size_fields())
 
-    def bytes_for(self, context_tokens: int) -> int:
-        """Uplink bytes of this point for an ``n``-token context."""
-        return self.size_bytes(context_tokens, self.retention)
+    def bytes_for(self, context_tokens: int, extra_tokens: int = 0) -> int:
+        """Uplink bytes of this point for an ``n``-token context (``extra_tokens``: see `SizeModel.size_bytes`)."""
+        return self.size_bytes(context_tokens, self.retention, extra_tokens)
 
     @classmethod
     def from_size(cls, size: SizeModel, **fields: Any) -> OperatingPoint:
@@ -234,8 +245,15 @@ class OperatingPointTable(BaseModel):
         known = ", ".join(p.name for p in self.for_pair(model_pair))
         raise KeyError(f"no operating point named {name!r}; known: {known}")
 
-    def bytes_for(self, mode: str, context_tokens: int, retention: float = 1.0, model_pair: str | None = None) -> int:
-        return self.get(mode, retention, model_pair).bytes_for(context_tokens)
+    def bytes_for(
+        self,
+        mode: str,
+        context_tokens: int,
+        retention: float = 1.0,
+        model_pair: str | None = None,
+        extra_tokens: int = 0,
+    ) -> int:
+        return self.get(mode, retention, model_pair).bytes_for(context_tokens, extra_tokens)
 
     def reference_quality(self, model_pair: str | None = None) -> float:
         pair = self.resolve_pair(model_pair)

@@ -125,6 +125,8 @@ class PlanRequest(BaseModel):
     deadline_s: float = Field(gt=0)
     model_pair: str | None = None
     request_id: str = ""
+    extra_tokens: int = Field(default=0, ge=0)
+    """Cache tokens outside the context (instruction, question) that KV modes send in full beside it."""
 
 
 class Plan(BaseModel):
@@ -189,7 +191,7 @@ def evaluate(
     n = request.context_tokens
     ms = stages.for_mode(point.mode)
     before, after = ms.before_transfer_s(n), ms.after_transfer_s(n)
-    nbytes = point.bytes_for(n)
+    nbytes = point.bytes_for(n, request.extra_tokens)
     if nbytes == 0:
         transfer = 0.0
     elif bandwidth_bps == 0:
@@ -206,7 +208,7 @@ def min_rate_bps(point: OperatingPoint, request: PlanRequest, stages: StageTimes
     ms = stages.for_mode(point.mode)
     n = request.context_tokens
     slack = request.deadline_s - ms.before_transfer_s(n) - ms.after_transfer_s(n)
-    nbytes = point.bytes_for(n)
+    nbytes = point.bytes_for(n, request.extra_tokens)
     if nbytes == 0:
         return 0.0 if slack >= -DEADLINE_SLACK_S else math.inf
     if slack <= 0:
@@ -336,7 +338,7 @@ def plan_oracle(
         ms = stages.for_mode(p.mode)
         n = request.context_tokens
         before, after = ms.before_transfer_s(n), ms.after_transfer_s(n)
-        nbytes = p.bytes_for(n)
+        nbytes = p.bytes_for(n, request.extra_tokens)
         if nbytes == 0:
             transfer = 0.0
         else:
