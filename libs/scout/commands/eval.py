@@ -41,6 +41,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="results root")] = Path("reports/eval"),
         device: Annotated[str | None, typer.Option()] = None,
         dtype: Annotated[str, typer.Option(help="auto: bf16 where the hardware has it, else fp32")] = "auto",
+        source: Annotated[
+            str, typer.Option(help="file (../shared/data) or hub (the full set; needs the 'hub' extra and network)")
+        ] = "file",
     ) -> None:
         """Run an experiment, appending one result line per sample; rerun the same command to continue."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -72,6 +75,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             device=device,
             dtype=dtype,
             options=options,
+            source=source,
         )
         cols = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*cols, console=console) as bar:

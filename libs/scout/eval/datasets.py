@@ -17,8 +17,9 @@ chunking of reads, or the Python hash seed. And ``load_examples(name, n=50)`` is
 replacing it (the study went from 50 to 200 samples per configuration). Only ``n`` records are kept in memory
 at a time (a bounded heap).
 
-No data is downloaded at run time. ``HF_SOURCES`` documents where the same sets live on the Hugging Face hub,
-for a machine that can reach it; nothing here uses it.
+By default no data is downloaded at run time. ``HF_SOURCES`` names where the same sets live on the Hugging Face
+hub; ``source="hub"`` streams them from there (`scout.eval.hub`, needs the optional ``datasets`` package and
+network access) through the same filters and ranking.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class Example(BaseModel):
 
 @dataclass(frozen=True)
 class HFSource:
-    """Where a registered set lives on the Hugging Face hub (documentation only; Scout never fetches it)."""
+    """Where a registered set lives on the Hugging Face hub (read only with ``source="hub"``)."""
 
     path: str
     config: str | None
@@ -121,7 +122,7 @@ HF_SOURCES: dict[str, HFSource] = {
     "mmlu": HFSource("cais/mmlu", "all", "test"),
     "mmlu_dev": HFSource("cais/mmlu", "all", "dev"),
 }
-"""Hub locations of the registered sets, for a machine with network access. Documentation only."""
+"""Hub locations of the registered sets, for a machine with network access (`scout.eval.hub`)."""
 
 _SCHEMA_FIELDS = frozenset({"id", "dataset", "context", "question", "answers", "choices", "answer_index"})
 
@@ -234,8 +235,12 @@ def load_examples(
     answerable_only: bool = False,
     max_context_chars: int | None = None,
     subjects: list[str] | None = None,
+    source: str = "file",
 ) -> list[Example]:
     """Load a deterministic, seeded sample of a registered dataset.
+
+    ``source``: ``file`` (``<shared>/data``, the default) or ``hub`` (the set's `HF_SOURCES` entry, converted to
+    the same records by `scout.eval.hub`; raises `scout.eval.hub.HubUnavailable` where it cannot be read).
 
     Filters run before sampling, so ``n`` counts surviving examples:
     ``answerable_only`` drops unanswerable items (SQuAD v2 ``is_impossible`` or an empty answer list);
@@ -252,10 +257,18 @@ def load_examples(
         raise ValueError(f"max_context_chars must be >= 0, got {max_context_chars}")
     wanted_subjects = set(subjects) if subjects is not None else None
     seen_subjects: set[str] = set()
-    path = shared_dir() / "data" / spec.relpath
+    if source not in ("file", "hub"):
+        raise ValueError(f"source must be 'file' or 'hub', got {source!r}")
+
+    def records() -> Iterator[dict[str, Any]]:
+        if source == "hub":
+            from scout.eval.hub import hub_records
+
+            return hub_records(name)
+        return load_jsonl(shared_dir() / "data" / spec.relpath)
 
     def survivors() -> Iterator[tuple[bytes, str, dict[str, Any]]]:
-        for record in load_jsonl(path):
+        for record in records():
             if wanted_subjects is not None:
                 subject = record.get("subject")
                 if subject is None:

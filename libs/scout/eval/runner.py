@@ -44,6 +44,8 @@ class RunConfig:
     dtype: str = "bf16"
     device: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    source: str = "file"
+    """``file`` (``<shared>/data``) or ``hub`` (the full set from the Hugging Face hub, `scout.eval.hub`)."""
 
     @property
     def run_name(self) -> str:
@@ -55,6 +57,8 @@ class RunConfig:
         application = self.options.get("application")
         if application and application != "mask":
             parts.append(str(application))
+        if self.source != "file":
+            parts.append(self.source)
         return "__".join(parts)
 
     def identity(self) -> dict[str, Any]:
@@ -62,6 +66,8 @@ class RunConfig:
         d = self.to_json()
         for k in ("out_root", "device", "n"):  # n: seeded samples of a larger n extend those of a smaller one
             d.pop(k, None)
+        if d.get("source") == "file":  # the default; runs from before the option existed read the same files
+            d.pop("source")
         return d
 
     @property
@@ -135,7 +141,12 @@ def _git_commit() -> str:
 def select_examples(cfg: RunConfig) -> list[Example]:
     answerable = cfg.answerable_only and cfg.dataset == "squad_v2"
     return load_examples(
-        cfg.dataset, n=cfg.n, seed=cfg.seed, answerable_only=answerable, max_context_chars=cfg.max_context_chars
+        cfg.dataset,
+        n=cfg.n,
+        seed=cfg.seed,
+        answerable_only=answerable,
+        max_context_chars=cfg.max_context_chars,
+        source=cfg.source,
     )
 
 
@@ -157,6 +168,8 @@ def _check_resumable(previous: dict[str, Any], cfg: RunConfig) -> None:
     if not old:
         return
     old = {k: v for k, v in old.items() if k not in ("out_root", "device", "n")}
+    if old.get("source") == "file":
+        old.pop("source")
     new = cfg.identity()
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
