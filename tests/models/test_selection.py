@@ -94,6 +94,23 @@ def test_methods_differ_from_each_other(scored) -> None:
             assert jaccard(sets[a], sets[b]) < 1.0, (a, b)
 
 
+def test_a_shared_prefill_gives_every_selector_its_own_scores(smol_fp32, squad_answerable) -> None:
+    """One prefill serves every selector (the union of their rows is captured; H2O needs all of them). Each
+    selector's scores must equal those of a prefill made for it alone: Q2C reading every captured row instead
+    of its question-side rows once turned it into H2O whenever both ran together."""
+    selectors = [get_selector(n, **o) for n, o in VARIANTS]
+    for ex in squad_answerable[:2]:
+        p = prompt_for_example(smol_fp32.tokenizer, ex)
+        shared = score_prompt(smol_fp32, p, selectors)
+        for sel in selectors:
+            alone = sel.score(score_prompt(smol_fp32, p, [sel]))
+            together = sel.score(shared)
+            tol = 1e-5 * torch.max(torch.abs(alone)).item()
+            assert torch.max(torch.abs(alone - together)).item() <= tol, (sel.name, sel)
+    q2c_mean, h2o = get_selector("q2c", layers="mean"), get_selector("h2o")
+    assert not torch.allclose(q2c_mean.score(shared), h2o.score(shared))
+
+
 def test_dropping_and_masking_agree_on_real_selections(smol_fp32, squad_answerable) -> None:
     """Q2C at 50 %: mask and drop give the same greedy answer in fp32 (same function, other shapes)."""
     q2c = get_selector("q2c")

@@ -48,6 +48,19 @@ class ScoringContext:
     def context(self) -> slice:
         return slice(self.prompt.context.start, self.prompt.context.end)
 
+    def captured(self, rows: slice) -> slice:
+        """Where prompt ``rows`` sit within the captured ``queries``/``attentions``.
+
+        One prefill serves several selectors, so the captured rows are the union of what they need (H2O needs
+        every row); a selector must read its own rows through this, never ``query_rows`` whole.
+        """
+        if rows.start < self.query_rows.start or rows.stop > self.query_rows.stop:
+            raise ValueError(
+                f"rows {rows.start}:{rows.stop} were not captured ({self.query_rows.start}:{self.query_rows.stop})"
+            )
+        offset = rows.start - self.query_rows.start
+        return slice(offset, offset + (rows.stop - rows.start))
+
     @property
     def n_context(self) -> int:
         return len(self.prompt.context)

@@ -41,18 +41,20 @@ class Q2C(Selector):
         return [num_layers - 1] if self.layers == "last" else list(range(num_layers))
 
     def score(self, ctx: ScoringContext) -> torch.Tensor:
-        rows = ctx.query_rows
+        own = self.rows_needed(ctx.prompt)
+        assert own is not None
+        local = ctx.captured(own)  # the question-side rows only, whatever else the shared prefill captured
         layer_ids = self._layers(ctx.kv.num_layers)
         per_layer = []
         for layer in layer_ids:
             if self.impl == "eager":
                 if ctx.attentions is None:
                     raise ValueError("q2c(impl='eager') needs attentions from an eager prefill")
-                probs = ctx.attentions[layer].float()
+                probs = ctx.attentions[layer][:, local].float()
             else:
                 if ctx.queries is None:
                     raise ValueError("q2c(impl='hook') needs captured queries")
-                positions = torch.arange(rows.start, rows.stop)
-                probs = attention_rows(ctx.queries[layer], ctx.kv.keys[layer], positions, ctx.scaling)
+                positions = torch.arange(own.start, own.stop)
+                probs = attention_rows(ctx.queries[layer][:, local], ctx.kv.keys[layer], positions, ctx.scaling)
             per_layer.append(probs[:, :, ctx.context].sum(dim=(0, 1)))
         return torch.stack(per_layer).mean(dim=0)

@@ -45,8 +45,7 @@ class SnapKV(Selector):
         if ctx.queries is None:
             raise ValueError("snapkv needs captured queries")
         window = self.rows_needed(ctx.prompt)
-        offset = window.start - ctx.query_rows.start
-        rows = slice(offset, offset + (window.stop - window.start))
+        rows = ctx.captured(window)
         positions = torch.arange(window.start, window.stop)
         kv_heads = ctx.kv.keys[0].shape[0]
         votes = []
