@@ -15,7 +15,8 @@ the requested number of context tokens (SQuAD v2 paragraphs joined and cut to le
   `encode_blob` steps); ``decode`` = `answer_from_blob`'s verify + rebuild + feeding the last prompt token — on
   the **edge** model, since a KV cache only works with the model that made it;
 * ``scout``: ``encode`` = the position set (`EdgeResult.position_set`); ``decode`` = `answer_from_document`'s
-  masked re-prefill of the document by the **cloud** model; ``text``: its full re-prefill (no edge stages);
+  re-prefill by the **cloud** model of the visible tokens only (kept context + prompt, at their original
+  positions: it scales with ``scout_retention``); ``text``: its full re-prefill (no edge stages);
 * ``local``: `answer_local` (the edge continues from its own cache);
 * ``generate``: a request may generate up to ``max_new_tokens``; answers stop early at a newline, so the time per
   decode step is measured on every answer with at least two tokens (pooled per model, fitted against the context
@@ -85,7 +86,7 @@ class StagesBenchConfig(BaseModel):
     """Models whose KV path is timed (default: the edge and, when it differs, the cloud model)."""
     scout_retention: float = Field(default=0.5, gt=0, le=1)
     text: bool = False
-    """Also time text mode (the cloud's full re-prefill; as long as scout's masked one, and off the tables)."""
+    """Also time text mode (the cloud's full re-prefill of the document; off the tables)."""
     dtype: str = "fp32"
     """The evaluation runs' compute dtype (`scripts/run-evals.sh` runs fp32: about twice as fast as bf16 on these
     CPUs without bf16 instructions)."""
@@ -227,7 +228,7 @@ def build_stage_times(
                 prefill=prefill,
                 score=score,
                 encode=_fit(rows, "encode", fits, f"{edge}->{cloud} scout: encode"),
-                decode=_fit(rows, "decode", fits, f"{cloud} scout: masked re-prefill"),
+                decode=_fit(rows, "decode", fits, f"{cloud} scout: re-prefill of the kept tokens"),
                 generate=gen[cloud],
             )
         if of("text", cloud) and cloud in gen and of("edge", edge):
