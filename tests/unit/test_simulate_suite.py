@@ -277,3 +277,24 @@ def test_cli_builds_tables_from_eval_runs_and_writes_the_readme(
     assert [p["name"] for p in summary["points"]] == ["full", "int8", "int4"]  # local left out of planning
     nothing = CliRunner().invoke(app, ["simulate-suite", "--out", str(tmp_path / "none")])
     assert nothing.exit_code == 2 and "--eval-root" in nothing.output
+
+
+def test_the_stage_bench_command_reproduces_its_settings() -> None:
+    """The command written into every stage file parses back to the same settings, codecs included (their
+    default follows the eval runs, so a command without them would measure, or refuse to resume, something else)."""
+    import shlex
+
+    import typer
+
+    from scout.benchmarks.stages import StagesBenchConfig, bench_command
+    from scout.cli import app
+
+    cfg = StagesBenchConfig(
+        edge_model="e", cloud_model="c", lengths=[128, 512], repeats=2, codecs=["bf16", "mixed:p/{model}.json"]
+    )
+    words = shlex.split(bench_command(cfg.model_dump(mode="json")))
+    assert words[:3] == ["scout", "bench", "stages"]
+    cmd = typer.main.get_command(app).commands["bench"].commands["stages"]  # type: ignore[attr-defined]
+    params = cmd.make_context("stages", words[3:]).params
+    assert params["codecs"] == "bf16,mixed:p/{model}.json" and params["lengths"] == "128,512"
+    assert (params["edge_model"], params["cloud_model"], params["repeats"], params["dtype"]) == ("e", "c", 2, "fp32")

@@ -469,14 +469,24 @@ def _load_records(path: Path, cfg: StagesBenchConfig) -> list[dict[str, Any]]:
     return []
 
 
+def bench_command(cfg: dict[str, Any]) -> str:
+    """The command that reproduces (or resumes) a run, codecs spelled out: their default follows the eval runs,
+    which change, and a run resumes only with the same codec list."""
+    return (
+        f"scout bench stages --edge-model {cfg['edge_model']} --cloud-model {cfg['cloud_model']} "
+        f"--lengths {','.join(map(str, cfg['lengths']))} --repeats {cfg['repeats']} "
+        f"--max-new-tokens {cfg['max_new_tokens']} --dtype {cfg['dtype']} --codecs '{','.join(cfg['codecs'])}'"
+        + (" --text" if cfg.get("text") else "")
+    )
+
+
 def _write_outputs(cfg: StagesBenchConfig, records: list[dict[str, Any]], stem: str, t_start: float) -> dict[str, Any]:
     machine = {**machine_info(), "load_average": list(os.getloadavg())}
     lengths = sorted({int(r["length"]) for r in records})
     reps = max((int(r["repeat"]) for r in records), default=0) + 1
     source = (
-        f"scout bench stages --edge-model {cfg.edge_model} --cloud-model {cfg.cloud_model} "
-        f"--lengths {','.join(map(str, cfg.lengths))} --repeats {cfg.repeats} --max-new-tokens {cfg.max_new_tokens} "
-        f"--dtype {cfg.dtype} (measured so far: lengths {','.join(map(str, lengths))}, up to {reps} repeat(s)): "
+        f"{bench_command(cfg.model_dump(mode='json'))} "
+        f"(measured so far: lengths {','.join(map(str, lengths))}, up to {reps} repeat(s)): "
         f"medians over repeats, linear fit in context tokens; {cfg.threads} torch thread(s) on "
         f"{machine['cpu_count']} shared CPUs ({machine['device']}); both ends on this machine"
     )
@@ -506,9 +516,7 @@ def render_markdown(result: dict[str, Any], stage_times: dict[str, StageTimes]) 
     lines = [
         f"# Stage times: {cfg['edge_model']} -> {cfg['cloud_model']}",
         "",
-        f"Regenerate: `scout bench stages --edge-model {cfg['edge_model']} --cloud-model {cfg['cloud_model']} "
-        f"--lengths {','.join(map(str, cfg['lengths']))} --repeats {cfg['repeats']} "
-        f"--max-new-tokens {cfg['max_new_tokens']} --dtype {cfg['dtype']}` (OMP_NUM_THREADS={cfg['threads']}). "
+        f"Regenerate: `{bench_command(cfg)}` (OMP_NUM_THREADS={cfg['threads']}). "
         f"{cfg['dtype']}, {machine['threads']} torch thread(s), {machine['cpu_count']} CPUs shared with other work "
         f"(1-minute load average {result['load_during'][0]:.1f}-{result['load_during'][1]:.1f} during the "
         "measurements; CPU time keeps the waiting out, shared caches and memory bandwidth still slow it), "
