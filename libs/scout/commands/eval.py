@@ -92,20 +92,30 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         console.print(f"[green]results[/green] {run_dir}/samples.jsonl — `scout eval report` to (re)build reports")
 
     @eval_app.command("report")
-    def report(out: Annotated[Path, typer.Option(help="results root")] = Path("reports/eval")) -> None:
+    def report(
+        out: Annotated[Path, typer.Option(help="results root")] = Path("reports/eval"),
+        stages_dir: Annotated[
+            Path | None, typer.Option(help="stage times for the latency breakdown (default: <out>/../stages)")
+        ] = None,
+        latency_tokens: Annotated[int, typer.Option(help="context tokens of the latency breakdown")] = 512,
+    ) -> None:
         """Regenerate every table and plot from the saved per-sample results."""
         from scout.eval.report import write_reports
 
         summaries = write_reports(out)
         from scout.eval.claims import write_claims
         from scout.eval.figures import write_figures
+        from scout.eval.latency import write_latency
 
         claims = write_claims(out)
         figures = write_figures(out, summaries)
+        latency = write_latency(out, stages_dir or out.parent / "stages", context_tokens=latency_tokens)
         for s in summaries:
             console.print(f"  {s['experiment']}/{s['run']}: n={s['n']}")
         for c in claims:
             console.print(f"  claim {c.key}: {c.verdict}")
+        for name, status in latency.items():
+            console.print(f"  latency {name}: {status}")
         console.print(
             f"[green]written[/green] {out}/README.md, CLAIMS.md, {len(figures)} figures and one report.md + plot.png "
             "per run"
