@@ -130,3 +130,17 @@ def test_planning_after_the_prefill_sees_a_drop_during_it() -> None:
     assert (after.records[0].point, after.records[0].met) == ("int4", True)
     assert after.records[0].estimate_bps == pytest.approx(1e6)
     assert after.records[0].t_s == 0.0  # the record still counts from arrival
+
+
+def test_prompt_tokens_around_the_context_can_tip_a_kv_mode_over_the_deadline() -> None:
+    """KV modes carry the instruction and question beside the context; position sets index the context only."""
+    t = table(pt("full", 1.0, 1000), pt("scout", 0.5, 0.125, fixed=10, basis="context"))
+    st = stages(full=KV, scout=KV)
+    # full at 1000 context tokens: 0.5 s + 8 Mbit / 8 Mbit/s = 1.5 s; with 100 more prompt tokens 1.6 s.
+    assert plan(req(1.55), 8e6, t, st).mode == "full"
+    wide = PlanRequest(context_tokens=1000, deadline_s=1.55, extra_tokens=100)
+    p = plan(wide, 8e6, t, st)
+    assert (p.mode, p.bytes) == ("scout", 10 + 125)
+    assert min_rate_bps(pt("full", 1.0, 1000), wide, st) == pytest.approx(8 * 1_100_000 / 1.05)
+    sim_request = SimRequest(request_id="r", t_s=0.0, context_tokens=1000, deadline_s=1.55, extra_tokens=100)
+    assert sim_request.plan_request() == wide.model_copy(update={"request_id": "r"})

@@ -336,6 +336,9 @@ def simulate_suite_cmd(
         str | None, typer.Option(help="comma list: markov and trace names (default: the suite's DEFAULT_TRACES)")
     ] = None,
     context_tokens: Annotated[int, typer.Option(help="context length of every request")] = 512,
+    extra_tokens: Annotated[
+        int, typer.Option(help="prompt tokens around the context (instruction, question), sent in full by KV modes")
+    ] = 0,
     slacks: Annotated[str, typer.Option(help="comma list: deadline = compute of full + slack (s)")] = "0.5,1,2,4",
     requests: Annotated[int, typer.Option(help="requests per trace")] = 200,
     interarrival: Annotated[float, typer.Option(help="mean seconds between requests")] = 5.0,
@@ -377,6 +380,7 @@ def simulate_suite_cmd(
         cfg = SuiteConfig(
             traces=[t.strip() for t in traces.split(",") if t.strip()],
             context_tokens=context_tokens,
+            extra_tokens=extra_tokens,
             slacks_s=_floats(slacks, "--slacks"),
             requests=requests,
             interarrival_s=interarrival,
@@ -400,7 +404,7 @@ def simulate_suite_cmd(
         parts += [f"--eval-root {eval_root}", *(f"--pair {p}" for p in pairs or []), f"--stages-dir {stages_dir}"]
     parts += [
         f"--traces {traces}",
-        f"--context-tokens {context_tokens} --slacks {slacks} --requests {requests}",
+        f"--context-tokens {context_tokens} --extra-tokens {extra_tokens} --slacks {slacks} --requests {requests}",
         f"--interarrival {interarrival:g} --seed {seed}",
         f"--cell-trace {cell_trace} --cell-capacity {cell_capacity:g} --cell-devices {cell_devices}",
         f"--cell-slack {cell_slack:g}",

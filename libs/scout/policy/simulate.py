@@ -82,6 +82,8 @@ class SimRequest(BaseModel):
     context_tokens: int = Field(ge=0)
     deadline_s: float = Field(gt=0)
     model_pair: str | None = None
+    extra_tokens: int = Field(default=0, ge=0)
+    """Prompt tokens around the context that KV modes send in full (`scout.policy.planner.PlanRequest`)."""
 
     def plan_request(self) -> PlanRequest:
         return PlanRequest(
@@ -89,6 +91,7 @@ class SimRequest(BaseModel):
             deadline_s=self.deadline_s,
             model_pair=self.model_pair,
             request_id=self.request_id,
+            extra_tokens=self.extra_tokens,
         )
 
 
@@ -106,6 +109,8 @@ class StreamConfig(BaseModel):
     start_s: float = Field(default=0.0, ge=0)
     model_pair: str | None = None
     seed: int = 0
+    extra_tokens: int = Field(default=0, ge=0)
+    """Prompt tokens around each context (instruction, question), sent in full by KV modes."""
 
 
 def request_stream(config: StreamConfig) -> list[SimRequest]:
@@ -129,6 +134,7 @@ def request_stream(config: StreamConfig) -> list[SimRequest]:
             context_tokens=int(ctx[i]),
             deadline_s=float(dl[i]),
             model_pair=config.model_pair,
+            extra_tokens=config.extra_tokens,
         )
         for i in range(n)
     ]

@@ -92,6 +92,8 @@ class SuiteConfig(BaseModel):
     traces: list[str] = Field(default_factory=lambda: list(DEFAULT_TRACES), min_length=1)
     policies: list[str] | None = None
     context_tokens: int = Field(default=512, gt=0)
+    extra_tokens: int = Field(default=0, ge=0)
+    """Prompt tokens around the context (instruction, question) that KV modes send in full beside it."""
     slacks_s: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0], min_length=1)
     deadline_base: str = "full"
     requests: int = Field(default=200, gt=0)
@@ -276,6 +278,7 @@ def run_trace(
         deadline_s=deadlines,
         model_pair=pair,
         seed=cfg.seed,
+        extra_tokens=cfg.extra_tokens,
     )
     sim = SimConfig(
         probe_interval_s=cfg.probe_interval_s,
@@ -289,7 +292,9 @@ def run_trace(
         "model pair": pair,
         "requests": (
             f"{cfg.requests}, Poisson arrivals every {cfg.interarrival_s:g} s on average, {cfg.context_tokens} "
-            f"context tokens, deadlines " + ", ".join(f"{d:.3f}" for d in deadlines) + " s (compute of "
+            f"context tokens (+{cfg.extra_tokens} prompt tokens), deadlines "
+            + ", ".join(f"{d:.3f}" for d in deadlines)
+            + " s (compute of "
             f"{cfg.deadline_base} + slack " + ", ".join(f"{s:g}" for s in cfg.slacks_s) + f" s), seed {cfg.seed}"
         ),
         "planning": "after the edge prefill (as the pipeline)" if cfg.plan_after_prefill else "at arrival",
@@ -311,6 +316,7 @@ class CellDevice:
     stages: StageTimes
     context_tokens: int
     deadline_s: float
+    extra_tokens: int = 0
 
     def demand(self, request_id: str = "") -> DeviceDemand:
         request = PlanRequest(
@@ -318,6 +324,7 @@ class CellDevice:
             deadline_s=self.deadline_s,
             model_pair=self.pair,
             request_id=request_id or self.device_id,
+            extra_tokens=self.extra_tokens,
         )
         return DeviceDemand(self.device_id, request, self.table, self.stages)
 
@@ -474,10 +481,10 @@ def run_suite(
                 "quality": p.quality_mean,
                 "relative": planning.relative_quality(p),
                 "n": p.n,
-                "bytes": p.bytes_for(cfg.context_tokens),
+                "bytes": p.bytes_for(cfg.context_tokens, cfg.extra_tokens),
                 "source": p.source,
             }
-            for p in sorted(planning.for_pair(pair0), key=lambda p: -p.bytes_for(cfg.context_tokens))
+            for p in sorted(planning.for_pair(pair0), key=lambda p: -p.bytes_for(cfg.context_tokens, cfg.extra_tokens))
         ],
         "deadlines_s": deadline_list(stages0, cfg.deadline_base, cfg.context_tokens, cfg.slacks_s),
         "traces": per_trace,
@@ -514,14 +521,14 @@ def _cell_devices(tables: Sequence[tuple[OperatingPointTable, str, StageTimes]],
     pairs = []
     for table, pair, stages in tables:
         planning, _ = restrict_table(table, pair, stages, cfg.exclude_modes)
-        per_token = max(p.bytes_for(cfg.context_tokens) for p in planning.for_pair(pair))
+        per_token = max(p.bytes_for(cfg.context_tokens, cfg.extra_tokens) for p in planning.for_pair(pair))
         pairs.append((per_token, pair, planning, stages))
     pairs.sort(key=lambda x: -x[0])
     devices = []
     for i in range(cfg.cell_devices):
         _, pair, planning, stages = pairs[i * len(pairs) // cfg.cell_devices]
         deadline = deadline_list(stages, cfg.deadline_base, cfg.context_tokens, [cfg.cell_slack_s])[0]
-        devices.append(CellDevice(f"dev{i}", pair, planning, stages, cfg.context_tokens, deadline))
+        devices.append(CellDevice(f"dev{i}", pair, planning, stages, cfg.context_tokens, deadline, cfg.extra_tokens))
     return devices
 
 
@@ -547,7 +554,8 @@ def render_summary(summary: dict[str, Any]) -> str:
     """The suite's tables in Markdown: per trace and policy, the verdicts, and the cell."""
     cfg = summary["config"]
     lines = [
-        f"Pair `{summary['pair']}`, {cfg['context_tokens']} context tokens, deadlines "
+        f"Pair `{summary['pair']}`, {cfg['context_tokens']} context tokens "
+        f"(+{cfg.get('extra_tokens', 0)} prompt tokens), deadlines "
         + ", ".join(f"{d:.3f}" for d in summary["deadlines_s"])
         + f" s (compute of `{cfg['deadline_base']}` + slack "
         + ", ".join(f"{s:g}" for s in cfg["slacks_s"])

@@ -138,8 +138,9 @@ CAVEATS = """\
   of the same model differ by less than their CIs, and the planner ranks by the mean, so "higher quality" among
   them is often noise (the verdict tables say when a quality difference is within the static point's CI). The
   reference may come from a run of another compute dtype than the points (see the source column).
-* **Sizes count the context tokens only** (the size model's basis): the KV of the prompt's template and question
-  (tens of tokens) and the message envelope are not in them.
+* **Sizes count the whole hand-off cache** when `--extra-tokens` gives the prompt tokens around the context
+  (template and question; the median over the saved SQuAD v2 samples is in `reports/eval/latency/`); the blob's
+  JSON header and the message envelope are not in them.
 * **The multi-device split is static per round**: a device that finishes early does not hand its share on.
 """
 
