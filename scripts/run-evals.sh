@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every evaluation behind the committed reports, in priority order; each `scout eval run` is resumable, so rerun
-# this script to continue where it stopped (a finished run is a no-op). Stage 1 gives every experiment a first
-# sample (n below), stage 2 extends to the n=200 with the same seeded samples (a larger n extends a smaller).
+# this script to continue where it stopped (a finished run is a no-op). Stage 1 is what the committed reports hold
+# (or are being extended to), stage 2 extends every run to n=200 with the same seeded samples (a larger n extends a
+# smaller one).
 # One torch thread per run: on a 2-core machine two threads of one process collapse under any other load.
 # Usage: scripts/run-evals.sh [stage]   (stage 1, 2 or all; default all)
 set -euo pipefail
@@ -20,16 +21,18 @@ stage="${1:-all}"
 run() { echo "+ scout eval run $*" >&2; "$SCOUT" eval run "$@"; }
 
 if [[ "$stage" == 1 || "$stage" == all ]]; then
-  run quantization --dataset squad_v2 --model "$E" --dtype fp32 --n 40 --codecs "$CODECS_E"
-  run scout --dataset squad_v2 --model "$E" --cloud-model "$C" --dtype fp32 --n 30
-  run selection --dataset squad_v2 --model "$E" --dtype fp32 --application evict --n 40
+  run selection --dataset squad_v2 --model "$E" --dtype fp32 --application evict --n 200
   run quantization --dataset mmlu --model "$E" --dtype fp32 --n 200 --codecs "bf16,int8,int4,int2"
-  run combined --dataset squad_v2 --model "$E" --dtype fp32 --n 40
+  run quantization --dataset squad_v2 --model "$C" --dtype fp32 --n 100 --codecs "$CODECS_C"
   run selection --dataset hotpotqa --model "$E" --dtype fp32 --application evict --max-context-chars "$HOTPOT_CHARS" --n 30
-  run quantization --dataset squad_v2 --model "$C" --dtype fp32 --n 40 --codecs "$CODECS_C"
+  run scout --dataset squad_v2 --model "$E" --cloud-model "$C" --dtype fp32 --n 40
+  run quantization --dataset squad_v2 --model "$E" --dtype fp32 --n 100 --codecs "$CODECS_E"
+  run quantization --dataset mmlu --model "$C" --dtype fp32 --n 200 --codecs "bf16,int8,int4,int2"
+  run scout --dataset squad_v2 --model smollm2-135m --cloud-model "$E" --dtype fp32 --n 30   # across tokenizers
+  run combined --dataset squad_v2 --model "$E" --dtype fp32 --n 40
+  run selection --dataset triviaqa --model "$E" --dtype fp32 --application evict --max-context-chars 6000 --n 30
 fi
 if [[ "$stage" == 2 || "$stage" == all ]]; then
-  run selection --dataset squad_v2 --model "$E" --dtype fp32 --application evict --n 200
   run quantization --dataset squad_v2 --model "$E" --dtype fp32 --n 200 --codecs "$CODECS_E"
   run scout --dataset squad_v2 --model "$E" --cloud-model "$C" --dtype fp32 --n 200
   run selection --dataset hotpotqa --model "$E" --dtype fp32 --application evict --max-context-chars "$HOTPOT_CHARS" --n 200
