@@ -24,13 +24,13 @@ if [[ "$stage" == 1 || "$stage" == all ]]; then
   run selection --dataset squad_v2 --model "$E" --dtype fp32 --application evict --n 200
   run quantization --dataset mmlu --model "$E" --dtype fp32 --n 200 --codecs "bf16,int8,int4,int2"
   run quantization --dataset squad_v2 --model "$C" --dtype fp32 --n 100 --codecs "$CODECS_C"
-  run selection --dataset hotpotqa --model "$E" --dtype fp32 --application evict --max-context-chars "$HOTPOT_CHARS" --n 30
-  run scout --dataset squad_v2 --model "$E" --cloud-model "$C" --dtype fp32 --n 40
+  run selection --dataset hotpotqa --model "$E" --dtype fp32 --application evict --max-context-chars "$HOTPOT_CHARS" --n 60
+  run scout --dataset squad_v2 --model "$E" --cloud-model "$C" --dtype fp32 --n 60
   run quantization --dataset squad_v2 --model "$E" --dtype fp32 --n 100 --codecs "$CODECS_E"
   run quantization --dataset mmlu --model "$C" --dtype fp32 --n 200 --codecs "bf16,int8,int4,int2"
   run scout --dataset squad_v2 --model smollm2-135m --cloud-model "$E" --dtype fp32 --n 30   # across tokenizers
   run combined --dataset squad_v2 --model "$E" --dtype fp32 --n 40
-  run selection --dataset triviaqa --model "$E" --dtype fp32 --application evict --max-context-chars 6000 --n 30
+  run selection --dataset triviaqa --model "$E" --dtype fp32 --application evict --max-context-chars 6000 --n 60
 fi
 if [[ "$stage" == 2 || "$stage" == all ]]; then
   run quantization --dataset squad_v2 --model "$E" --dtype fp32 --n 200 --codecs "$CODECS_E"
