@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from scout.eval.datasets import DATASETS
 from scout.policy.operating_points import OperatingPointTable
 from scout.policy.planner import StageTimes
 
@@ -180,7 +181,8 @@ def write_latency(
         stages = StageTimes.load(stages_path)
         pair = table.pairs()[0]
         edge = pair.split("->")[0]
-        dataset = table_path.stem.split("__")[-1] if table_path.stem.count("__") >= 2 else "squad_v2"
+        suffix = table_path.stem.rsplit("__", 1)[-1]  # `table_file_name` appends the dataset unless SQuAD v2
+        dataset = suffix if suffix in DATASETS else "squad_v2"
         extra = median_extra_tokens(root, dataset, edge)
         rows = breakdown_rows(table, stages, context_tokens=context_tokens, extra_tokens=extra, rates_bps=rates)
         plot = f"{table_path.stem}.png"

@@ -33,15 +33,16 @@ class H2O(Selector):
         return slice(0, len(prompt))
 
     def score(self, ctx: ScoringContext) -> torch.Tensor:
-        if ctx.queries is None or ctx.query_rows.start != 0:
-            raise ValueError("h2o needs captured queries of every prompt row")
         n = len(ctx.prompt)
+        if ctx.queries is None:
+            raise ValueError("h2o needs captured queries of every prompt row")
+        rows = ctx.captured(slice(0, n))  # raises unless every row was captured
         layer_ids = [ctx.kv.num_layers - 1] if self.layers == "last" else range(ctx.kv.num_layers)
         positions = torch.arange(n)
         per_layer = [
-            attention_column_sums(ctx.queries[layer], ctx.kv.keys[layer], positions, ctx.scaling, chunk=self.chunk).sum(
-                dim=0
-            )[ctx.context]
+            attention_column_sums(
+                ctx.queries[layer][:, rows], ctx.kv.keys[layer], positions, ctx.scaling, chunk=self.chunk
+            ).sum(dim=0)[ctx.context]
             for layer in layer_ids
         ]
         return torch.stack(per_layer).mean(dim=0)
