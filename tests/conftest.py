@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scout.eval.datasets import Example, load_examples
+from scout.datasets import Example, load_examples
 
 
 def _load(alias: str, dtype: str):

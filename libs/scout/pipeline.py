@@ -46,9 +46,9 @@ import torch
 
 from scout.codec.quant import BitPlan, QuantSpec, quantize_cache
 from scout.codec.wire import DEFAULT_MAX_BYTES, decode_blob, encode_blob
-from scout.eval.metrics import clean_generation
 from scout.inference import Generation, generate, generate_from_cache
 from scout.kvcache import KVCache
+from scout.metrics import clean_generation
 from scout.positions import align_positions, decode_positions, encode_positions
 from scout.prompts import Prompt, build_prompt
 from scout.selection import apply_selection, get_selector, score_prompt

@@ -161,7 +161,7 @@ class HealthState:
 
     ``started`` is a flag rather than one more check: checks are registered during a start (the bus check exists
     only once there is a bus), so until the start has finished the set of checks says nothing, and an empty set
-    passes. A bare `HealthState` counts as started; a service's (``services.common.Role``) starts out not started.
+    passes. A bare `HealthState` counts as started; a service's (``scout_services.common.Role``) starts out not started.
     """
 
     checks: dict[str, Check] = field(default_factory=dict)

@@ -51,7 +51,7 @@ class HelmUnavailable(RuntimeError):
 
 def shared_dir() -> Path:
     """``../shared`` next to the repository root (or ``$SCOUT_SHARED``), as the rest of the project finds it."""
-    from scout.eval.datasets import shared_dir as _shared_dir
+    from scout.datasets import shared_dir as _shared_dir
 
     return _shared_dir()
 
@@ -191,7 +191,7 @@ def parse_scout_cli(argv: Sequence[str]) -> dict[str, Any]:
     (an unknown option or a value of the wrong type raises)."""
     import typer
 
-    from scout.cli import app
+    from scout_cli.main import app
 
     group = typer.main.get_command(app)
     ctx = group.context_class(group, info_name="scout")

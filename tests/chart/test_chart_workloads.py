@@ -16,10 +16,10 @@ from scout_runtime.settings import Settings
 TRACE = "t_s,mbps\n0.0,10.0\n1.0,20.0\n"
 
 ROLE_ARGS = {
-    "selector": ("services.selector.args", "SelectorArgs"),
-    "quantizer": ("services.quantizer.args", "QuantizerArgs"),
-    "transport_policy": ("services.transport_policy.args", "PolicyArgs"),
-    "cloud_decoder": ("services.cloud_decoder.args", "DecoderArgs"),
+    "selector": ("scout_services.selector.args", "SelectorArgs"),
+    "quantizer": ("scout_services.quantizer.args", "QuantizerArgs"),
+    "transport_policy": ("scout_services.transport_policy.args", "PolicyArgs"),
+    "cloud_decoder": ("scout_services.cloud_decoder.args", "DecoderArgs"),
 }
 
 
@@ -100,7 +100,7 @@ def test_one_device_pod_per_entry_with_its_model_link_and_deadline(render) -> No
 
 def test_shaper_arguments_are_valid_shaper_settings(render) -> None:
     """What the chart passes `scout shape` is accepted by the shaper's own settings model."""
-    from services.shaper.args import ShaperArgs
+    from scout_services.shaper.args import ShaperArgs
 
     values = {
         "traces": {"lte": TRACE},
@@ -271,7 +271,7 @@ def test_every_scout_setting_the_chart_sets_exists_and_parses(render, profile: s
                     known |= {f"{prefix}{f.upper()}" for f in cls.model_fields}
                     cls()
                 else:  # scout shape: its settings come as options (test_shaper_arguments_are_valid_shaper_settings)
-                    from services.shaper.args import ShaperArgs
+                    from scout_services.shaper.args import ShaperArgs
 
                     known |= {f"SCOUT_SHAPER_{f.upper()}" for f in ShaperArgs.model_fields}
             unknown = {k for k in env if k.startswith("SCOUT_")} - known
@@ -290,7 +290,7 @@ def test_scout_containers_run_their_role(render) -> None:
     assert roles["edge-device"] == {("serve", "selector"), ("serve", "quantizer"), ("shape", "--iface")}
     assert roles["transport-policy"] == {("serve", "transport_policy")}
     assert roles["cloud-decoder"] == {("serve", "cloud_decoder")}
-    from scout.commands.serve import ROLES
+    from scout_cli.commands.serve import ROLES
 
     for args in (a for s in roles.values() for a in s if a[0] == "serve"):
         assert args[1] in ROLES

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from scout.benchmarks.selection import VARIANTS, SelectionBenchConfig, eager_bytes, long_context, run_selection_bench
+from scout_cli.benchmarks.selection import (
+    VARIANTS,
+    SelectionBenchConfig,
+    eager_bytes,
+    long_context,
+    run_selection_bench,
+)
 
 pytestmark = pytest.mark.models
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from scout.cli import app
+from scout_cli.main import app
 
 runner = CliRunner()
 
@@ -22,7 +22,7 @@ def test_help_lists_commands() -> None:
 
 
 def test_help_does_not_import_torch() -> None:
-    code = "import sys; from scout.cli import app; sys.exit('torch' in sys.modules)"
+    code = "import sys; from scout_cli.main import app; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
@@ -44,7 +44,7 @@ def test_prepare_unknown_alias_fails_with_one_line() -> None:
 def test_demo_runs_the_embedded_roles() -> None:
     """README line 1: `scout demo` with no servers: the four roles in-process, one table row per ask."""
     proc = subprocess.run(
-        [sys.executable, "-m", "scout.cli", "demo", "--max-new-tokens", "8", "--rate", "400"],
+        [sys.executable, "-m", "scout_cli.main", "demo", "--max-new-tokens", "8", "--rate", "400"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -32,7 +32,7 @@ from scout.codec.delta import (
 from scout.codec.mixed import MixedPlan, PlanFingerprintError, calibrate
 from scout.codec.quant import BitPlan, QuantSpec, dequantize_cache, quantize_cache
 from scout.codec.wire import decode_blob, encode_blob
-from scout.eval.datasets import load_examples
+from scout.datasets import load_examples
 from scout.inference import generate_from_cache, prefill
 from scout.kvcache import KVCache
 from scout.prompts import prompt_for_example
@@ -151,7 +151,7 @@ def test_every_mode_round_trips_and_generates(smol: Any, squad_answerable: list[
 
 
 def test_calibrate_on_smollm2(smol: Any, squad_answerable: list[Any], tmp_path: Path) -> None:
-    from scout.eval.metrics import clean_generation, score
+    from scout.metrics import clean_generation, score
 
     prompts = [prompt_for_example(smol.tokenizer, ex) for ex in squad_answerable[:2]]
     example = squad_answerable[3]
@@ -191,7 +191,7 @@ def test_calibrate_on_smollm2(smol: Any, squad_answerable: list[Any], tmp_path: 
 
 
 def test_codec_bench_writes_its_report(smol: Any, tmp_path: Path) -> None:
-    from scout.commands.codec import run_codec_bench, write_codec_report
+    from scout_cli.commands.codec import run_codec_bench, write_codec_report
 
     res = run_codec_bench(smol, model="smollm2-135m", tokens=96, repeats=1, kl_tokens=4, plan_path=None)
     names = [r["mode"] for r in res["modes"]]
@@ -216,7 +216,7 @@ def test_calibrate_command_saves_a_plan(tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from scout.commands.codec import register
+    from scout_cli.commands.codec import register
 
     app, bench = typer.Typer(), typer.Typer()
     app.add_typer(bench, name="bench")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scout.eval.report import summarise_run, write_reports
-from scout.eval.runner import RunConfig, read_samples, run_experiment
+from scout_eval.report import summarise_run, write_reports
+from scout_eval.runner import RunConfig, read_samples, run_experiment
 
 pytestmark = pytest.mark.models
 

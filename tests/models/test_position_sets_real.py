@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from scout.eval.datasets import load_examples
+from scout.datasets import load_examples
 from scout.models import installed, load_tokenizer
 from scout.positions import align_positions, decode_positions, encode_positions, study_bytes
 from scout.prompts import build_prompt, prompt_for_example

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from scout.eval.datasets import load_examples
+from scout.datasets import load_examples
 from scout.models import installed, load_tokenizer
 from scout.prompts import build_prompt, prompt_for_example
 

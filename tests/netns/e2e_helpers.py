@@ -86,7 +86,7 @@ class Stack:
 
     # --- roles ---------------------------------------------------------------------------------------------------
     def env(self, name: str, *, edge: bool) -> dict[str, str]:
-        from services.launcher import role_env
+        from scout_testbed.launcher import role_env
 
         return role_env(
             name=name,
@@ -114,7 +114,7 @@ class Stack:
         ]
         procs = []
         for ns, role, edge in roles:
-            argv = self.link.in_ns(ns, [sys.executable, "-m", "scout.cli", "serve", role])
+            argv = self.link.in_ns(ns, [sys.executable, "-m", "scout_cli.main", "serve", role])
             procs.append(self.link.procs.start(argv, env=self.env(role, edge=edge)))
         deadline = time.monotonic() + timeout_s
         for proc in procs:
@@ -136,12 +136,12 @@ class Stack:
 # ----------------------------------------------------------------------------------------------------------------
 async def _client(args: argparse.Namespace) -> dict[str, Any]:
     from pydantic import SecretStr
-    from services.client import ask
 
     from scout_runtime.bus import NatsBus
     from scout_runtime.messages import AskRequest, Plan, PlanRequest
     from scout_runtime.rpc import call
     from scout_runtime.settings import Settings
+    from scout_services.client import ask
 
     settings = Settings(nats_url=SecretStr(args.nats), namespace=args.namespace, request_timeout_s=120)
     bus = await NatsBus.connect(settings, name="netns-e2e-client", poll_s=0.2)

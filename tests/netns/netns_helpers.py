@@ -257,7 +257,7 @@ class Link:
 
     def shaper(self, *args: str, inside: bool = False, env: dict[str, str] | None = None) -> Proc:
         """``scout shape`` on the edge veth, from outside (``--netns``) or inside the namespace; waits until ready."""
-        cli = [sys.executable, "-m", "scout.cli", "shape", "--iface", self.edge_if, "--metrics-port", "0", *args]
+        cli = [sys.executable, "-m", "scout_cli.main", "shape", "--iface", self.edge_if, "--metrics-port", "0", *args]
         argv = self.in_ns(self.edge, cli) if inside else [*cli, "--netns", self.edge]
         proc = self.procs.start(argv, env={**clean_env(), **(env or {})})
         proc.next_json(60, event="ready")

@@ -222,7 +222,7 @@ WITHOUT_NET_ADMIN = {
 def test_without_net_admin_it_fails_at_start_with_one_clear_line(link: Link, how: str) -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
-    cli = [sys.executable, "-m", "scout.cli", "shape", "--iface", link.edge_if, "--rate", "10mbit"]
+    cli = [sys.executable, "-m", "scout_cli.main", "shape", "--iface", link.edge_if, "--rate", "10mbit"]
     proc = link.procs.start(link.in_ns(link.edge, [*WITHOUT_NET_ADMIN[how], *cli, "--metrics-port", "0"]))
     assert proc.wait(60) == 2
     lines = [line for line in proc.stderr if line.strip()]
@@ -250,7 +250,7 @@ def test_without_net_admin_it_fails_at_start_with_one_clear_line(link: Link, how
 def test_scout_shape_refuses_bad_settings_in_one_line(argv: list[str], message: str) -> None:
     from typer.testing import CliRunner
 
-    from scout.cli import app
+    from scout_cli.main import app
 
     result = CliRunner().invoke(app, ["shape", *argv])
     assert result.exit_code == 2
@@ -259,7 +259,7 @@ def test_scout_shape_refuses_bad_settings_in_one_line(argv: list[str], message: 
 
 
 def test_destinations_by_name_are_resolved_to_addresses() -> None:
-    from services.shaper.handlers import ShaperError, resolve_destinations
+    from scout_services.shaper.handlers import ShaperError, resolve_destinations
 
     resolved = resolve_destinations(["localhost:6379", "10.0.0.0/8", "10.0.0.0/8"])
     assert [str(d) for d in resolved if d.version == 4] == ["127.0.0.1/32:6379", "10.0.0.0/8"]
@@ -281,7 +281,7 @@ def test_a_killed_shaper_leaves_its_qdisc_and_the_next_one_replaces_it(link: Lin
     env = {"SCOUT_SHAPER_IFACE": link.edge_if, "SCOUT_SHAPER_NETNS": link.edge, "SCOUT_SHAPER_RATE": "30mbit"}
     env |= {"SCOUT_SHAPER_PUBLISH": "false", "SCOUT_METRICS_PORT": "0"}
     second = link.procs.start(
-        [sys.executable, "-c", "from services.shaper.main import main; main()"], env={**clean_env(), **env}
+        [sys.executable, "-c", "from scout_services.shaper.main import main; main()"], env={**clean_env(), **env}
     )
     second.next_json(60, event="ready")
     assert link.qdisc_kinds() == ["tbf"]

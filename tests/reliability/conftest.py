@@ -1,6 +1,6 @@
 """Fixtures of the reliability tests: one deployment for the whole session, authentication on (our own nats-server
 with user/password and redis-server with ``requirepass`` plus an ACL service user, on free loopback ports), every
-role its own process holding its credentials only as ``SCOUT_*`` settings (`services.testbed`).
+role its own process holding its credentials only as ``SCOUT_*`` settings (`scout_testbed.testbed`).
 
 Starting five processes that each load SmolLM2 is the expensive part, so every test shares the deployment; the
 tests leave it serving (a fault scenario restores what it broke, except the ``kill -9`` test, which needs no
@@ -13,8 +13,9 @@ import inspect
 from collections.abc import Iterator
 
 import pytest
-from services.soak import SoakDocument, load_documents
-from services.testbed import Deployment, deployment
+
+from scout_testbed.soak import SoakDocument, load_documents
+from scout_testbed.testbed import Deployment, deployment
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -15,15 +15,15 @@ import pytest
 import redis.asyncio as redis_async
 import redis.exceptions
 from pydantic import SecretStr
-from services.faults import decoder_kill9, decoder_stall, link_zero, nats_restart, redis_restart
-from services.hostile import run_hostile
-from services.reliability import hostile_target
-from services.soak import DEFAULT_MIX, SoakConfig, SoakDocument, run_soak
-from services.testbed import Deployment
 
 from scout_runtime.bus import NatsBus
 from scout_runtime.errors import Forbidden
 from scout_runtime.store import RedisStore
+from scout_testbed.faults import decoder_kill9, decoder_stall, link_zero, nats_restart, redis_restart
+from scout_testbed.hostile import run_hostile
+from scout_testbed.reliability import hostile_target
+from scout_testbed.soak import DEFAULT_MIX, SoakConfig, SoakDocument, run_soak
+from scout_testbed.testbed import Deployment
 
 pytestmark = pytest.mark.models
 

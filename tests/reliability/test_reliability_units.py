@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from services.faults import FaultOutcome
-from services.hostile import (
+
+from scout.positions import decode_positions
+from scout_runtime.errors import ErrorCode
+from scout_testbed.faults import FaultOutcome
+from scout_testbed.hostile import (
     ENTRY_POINTS,
     ask_cases,
     bad_position_sets,
@@ -15,11 +18,8 @@ from services.hostile import (
     link_cases,
     plan_cases,
 )
-from services.reliability import verdict, write_report
-from services.soak import RequestRecord, parse_point, summarize
-
-from scout.positions import decode_positions
-from scout_runtime.errors import ErrorCode
+from scout_testbed.reliability import verdict, write_report
+from scout_testbed.soak import RequestRecord, parse_point, summarize
 
 
 def _rec(i: int, outcome: str, **kw: object) -> RequestRecord:
@@ -142,7 +142,7 @@ def test_commands_register_without_importing_torch_or_the_runtime() -> None:
 
     code = (
         "import sys, typer\n"
-        "from scout.commands.reliability import register\n"
+        "from scout_cli.commands.reliability import register\n"
         "app, bench = typer.Typer(), typer.Typer()\n"
         "register(app, bench)\n"
         "names = {c.name for c in bench.registered_commands}\n"
@@ -157,7 +157,7 @@ def test_commands_register_without_importing_torch_or_the_runtime() -> None:
 def test_load_levels_pair_clients_with_requests() -> None:
     import typer
 
-    from scout.commands.reliability import _levels
+    from scout_cli.commands.reliability import _levels
 
     assert _levels([1, 8, 32], [16, 4, 3]) == [(1, 16), (8, 4), (32, 3)]
     assert _levels([1, 8], [5]) == [(1, 5), (8, 5)]

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 from runtime_helpers import delete_prefix, free_port, local_or_own_server
 from stack import ServiceStack, SpanSink
 
-from scout.eval.datasets import Example, load_examples
+from scout.datasets import Example, load_examples
 from scout_runtime.bus import NatsBus, WorkQueueSpec
 from scout_runtime.settings import Settings
 

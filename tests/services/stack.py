@@ -1,5 +1,6 @@
-"""The service stack the end-to-end tests run: every role as its own OS process (``python -m scout.cli serve ROLE``,
-started by `services.launcher`) against real NATS (JetStream) and Redis, under a namespace of its own, exporting
+"""The service stack the end-to-end tests run: every role as its own OS process 
+(``python -m scout_cli.main serve ROLE``,
+started by `scout_testbed.launcher`) against real NATS (JetStream) and Redis, under a namespace of its own, exporting
 traces over OTLP/HTTP to an oteltap receiver that runs in a thread of the test process."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from services.launcher import RoleProcess, role_env, spawn_role, wait_ready
+from scout_testbed.launcher import RoleProcess, role_env, spawn_role, wait_ready
 
 Proc = RoleProcess
 

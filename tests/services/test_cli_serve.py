@@ -9,9 +9,9 @@ import pytest
 from stack import ServiceStack
 from typer.testing import CliRunner
 
-from scout.benchmarks.pipeline import percentiles, render_markdown, split
-from scout.cli import app
-from scout.eval.datasets import Example
+from scout.datasets import Example
+from scout_cli.benchmarks.pipeline import percentiles, render_markdown, split
+from scout_cli.main import app
 
 runner = CliRunner()
 

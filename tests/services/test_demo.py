@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from scout.demo import DemoResult, run_demo
 from scout.pipeline import answer_inprocess
+from scout_cli.demo import DemoResult, run_demo
 
 pytestmark = pytest.mark.models
 

@@ -26,11 +26,6 @@ import pytest
 import pytest_asyncio
 from pydantic import SecretStr, ValidationError
 from runtime_helpers import delete_prefix
-from services.client import ask, ask_subject
-from services.common import Role
-from services.selector.args import SelectorArgs
-from services.selector.main import SelectorService
-from services.transport_policy.main import TransportPolicyService
 
 from scout_runtime.bus import NatsBus, WorkQueueSpec
 from scout_runtime.errors import BadRequest, ErrorCode, Forbidden, NoResponders
@@ -38,6 +33,11 @@ from scout_runtime.messages import AskReply, AskRequest, ErrorReply
 from scout_runtime.rpc import call
 from scout_runtime.settings import Settings
 from scout_runtime.subjects import Subjects
+from scout_services.client import ask, ask_subject
+from scout_services.common import Role
+from scout_services.selector.args import SelectorArgs
+from scout_services.selector.main import SelectorService
+from scout_services.transport_policy.main import TransportPolicyService
 
 PHONE, CAR = "phone-1", "car-1"
 DOCUMENT = "The Eiffel Tower is in Paris. It was finished in 1889 and is 330 metres tall."
@@ -79,11 +79,11 @@ def _request(device_id: str) -> AskRequest:
 
 
 async def _scout(*args: str, env: dict[str, str]) -> tuple[int, str]:
-    """``python -m scout.cli ARGS``: the exit code and stdout + stderr."""
+    """``python -m scout_cli.main ARGS``: the exit code and stdout + stderr."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "scout.cli",
+        "scout_cli.main",
         *args,
         env=env,
         stdout=asyncio.subprocess.PIPE,

@@ -21,16 +21,16 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from services.client import ask
 from stack import MIXED_PLAN, Proc, ServiceStack
 
-from scout.eval.datasets import Example
+from scout.datasets import Example
 from scout.pipeline import InProcessAnswer, PolicyConfig, answer_inprocess
 from scout_runtime.bus import Msg, NatsBus
 from scout_runtime.errors import ScoutError
 from scout_runtime.messages import AskReply, AskRequest, DecodeResult, LinkState, Plan, PlanRequest, parse_reply
 from scout_runtime.rpc import call
 from scout_runtime.settings import Settings
+from scout_services.client import ask
 
 pytestmark = pytest.mark.models
 

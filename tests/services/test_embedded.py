@@ -10,21 +10,21 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from pydantic import SecretStr
-from services.cloud_decoder.args import DecoderArgs
-from services.cloud_decoder.main import CloudDecoderService
-from services.quantizer.main import QuantizerService
-from services.selector.args import SelectorArgs
-from services.selector.main import SelectorService
-from services.transport_policy.args import PolicyArgs
-from services.transport_policy.main import TransportPolicyService
 from stack import MIXED_PLAN
 
-from scout.eval.datasets import Example
+from scout.datasets import Example
 from scout.pipeline import PolicyConfig, answer_inprocess
 from scout_runtime.bus import connect_bus
 from scout_runtime.messages import AskReply, AskRequest
 from scout_runtime.rpc import call
 from scout_runtime.settings import Settings
+from scout_services.cloud_decoder.args import DecoderArgs
+from scout_services.cloud_decoder.main import CloudDecoderService
+from scout_services.quantizer.main import QuantizerService
+from scout_services.selector.args import SelectorArgs
+from scout_services.selector.main import SelectorService
+from scout_services.transport_policy.args import PolicyArgs
+from scout_services.transport_policy.main import TransportPolicyService
 
 pytestmark = pytest.mark.models
 

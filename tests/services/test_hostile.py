@@ -1,7 +1,7 @@
 """Hostile input to every entry point of the running services (HTTP ``/v1/ask``, ``ask``, ``plan``, ``encode`` and
 the decode work queue) is answered with typed errors, and the services keep serving afterwards.
 
-The corpora live in `services.hostile` (``scout bench reliability`` counts the same cases in its report); these
+The corpora live in `scout_testbed.hostile` (``scout bench reliability`` counts the same cases in its report); these
 tests run them against the service stack of this suite and check every case's code (and HTTP status)."""
 
 from __future__ import annotations
@@ -11,7 +11,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from services.hostile import (
+from stack import ServiceStack
+
+from scout.datasets import Example
+from scout_runtime.bus import NatsBus
+from scout_runtime.errors import ErrorCode
+from scout_runtime.messages import AskReply, ErrorReply, parse
+from scout_runtime.settings import Settings
+from scout_runtime.store import RedisStore
+from scout_testbed.hostile import (
     Target,
     ask_body,
     ask_cases,
@@ -23,14 +31,6 @@ from services.hostile import (
     run_request_reply,
     stage_fixtures,
 )
-from stack import ServiceStack
-
-from scout.eval.datasets import Example
-from scout_runtime.bus import NatsBus
-from scout_runtime.errors import ErrorCode
-from scout_runtime.messages import AskReply, ErrorReply, parse
-from scout_runtime.settings import Settings
-from scout_runtime.store import RedisStore
 
 pytestmark = pytest.mark.models
 

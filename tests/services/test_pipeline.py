@@ -11,7 +11,7 @@ import torch
 
 from scout.codec.quant import BitPlan
 from scout.codec.wire import BlobChecksumError, BlobFingerprintError, decode_blob, encode_blob
-from scout.eval.datasets import Example
+from scout.datasets import Example
 from scout.pipeline import (
     DEFAULT_MIXED_PLAN,
     PolicyConfig,

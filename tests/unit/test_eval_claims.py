@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from scout.eval.claims import build_claims, write_claims
-from scout.eval.runner import RESULTS_FILE, RUN_FILE
+from scout_eval.claims import build_claims, write_claims
+from scout_eval.runner import RESULTS_FILE, RUN_FILE
 
 
 def _run(

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from scout.eval.experiments.codecs import codec
 from scout.kvcache import KVCache
+from scout_eval.experiments.codecs import codec
 
 SPEC = SimpleNamespace(head_dim=64, fingerprint="0" * 16)
 

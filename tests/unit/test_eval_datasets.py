@@ -1,4 +1,4 @@
-"""Tests for scout.eval.datasets: the real shared files load into the common schema, and sampling is a pure
+"""Tests for scout.datasets: the real shared files load into the common schema, and sampling is a pure
 function of (name, n, seed, filters)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from scout.eval import datasets as ds
-from scout.eval.datasets import DATASETS, Example, load_examples, load_jsonl, shared_dir
+from scout import datasets as ds
+from scout.datasets import DATASETS, Example, load_examples, load_jsonl, shared_dir
 
 
 def _data_available() -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scout.eval.figures import frontier, pareto_points, write_figures
+from scout_eval.figures import frontier, pareto_points, write_figures
 
 
 def _s(mean: float) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""`scout.eval.latency`: stage costs x operating-point bytes -> the per-mode latency breakdown (constructed inputs)."""
+"""`scout_eval.latency`: stage costs x operating-point bytes -> the per-mode latency breakdown (constructed inputs)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from scout.eval.latency import breakdown_rows, median_extra_tokens, write_latency
 from scout.policy.operating_points import OperatingPoint, OperatingPointTable
 from scout.policy.planner import ModeStages, StageCost, StageTimes
+from scout_eval.latency import breakdown_rows, median_extra_tokens, write_latency
 
 PAIR = "e->c"
 

@@ -1,4 +1,4 @@
-"""Tests for scout.eval.metrics: official normalisations, hand-computed F1, no-answer and yes/no rules,
+"""Tests for scout.metrics: official normalisations, hand-computed F1, no-answer and yes/no rules,
 aliases, MMLU argmax and parsing, generation cleaning, and the score() dispatcher."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scout.eval.datasets import Example
-from scout.eval.metrics import (
+from scout.datasets import Example
+from scout.metrics import (
     clean_generation,
     exact_match,
     f1,

@@ -1,4 +1,4 @@
-"""Operating-point tables exported from saved evaluation runs (`scout.eval.operating_points`).
+"""Operating-point tables exported from saved evaluation runs (`scout_eval.operating_points`).
 
 Every run folder here is constructed in tmp_path (run.json + samples.jsonl with chosen per-sample scores), so the
 expected means, n, sources and sizes can be computed by hand; the model geometry is a tiny made-up one.
@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 import torch
 
-import scout.eval.operating_points as eop
+import scout_eval.operating_points as eop
 from scout.codec.quant import BitPlan, QuantSpec, quantize_cache
 from scout.codec.wire import encode_blob
-from scout.eval.operating_points import (
+from scout.kvcache import KVCache
+from scout.policy.operating_points import KVGeometry, OperatingPointTable, kv_size_model, positions_size_model
+from scout_eval.operating_points import (
     NoMeasuredPoints,
     build_pair_table,
     build_single_table,
@@ -25,9 +27,7 @@ from scout.eval.operating_points import (
     parse_codec,
     write_operating_points,
 )
-from scout.eval.report import write_reports
-from scout.kvcache import KVCache
-from scout.policy.operating_points import KVGeometry, OperatingPointTable, kv_size_model, positions_size_model
+from scout_eval.report import write_reports
 
 EDGE, CLOUD = "edge-s", "cloud-l"
 GEOMETRY = {

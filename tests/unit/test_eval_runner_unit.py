@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from scout.eval.datasets import Example
-from scout.eval.runner import Experiment, RunConfig, read_samples, register, run_experiment
+from scout.datasets import Example
+from scout_eval.runner import Experiment, RunConfig, read_samples, register, run_experiment
 
 
 @register

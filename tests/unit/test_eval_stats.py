@@ -1,4 +1,4 @@
-"""Tests for scout.eval.stats: bootstrap intervals behave like intervals, paired tests agree with scipy and
+"""Tests for scout.stats: bootstrap intervals behave like intervals, paired tests agree with scipy and
 are defined in the degenerate cases, p-value adjustments, and the report formatting."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from scout.eval.stats import (
+from scout.stats import (
     Summary,
     adjust_pvalues,
     bonferroni,

@@ -1,4 +1,4 @@
-"""`scout.eval.hub`: hub rows convert to exactly the local records they mirror (real records from ../shared/data)."""
+"""`scout_eval.hub`: hub rows convert to exactly the local records they mirror (real records from ../shared/data)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from scout.eval.datasets import dataset_path, load_examples, load_jsonl, to_example
-from scout.eval.hub import CONVERTERS, HubUnavailable, hub_records
-from scout.eval.runner import RunConfig
+from scout.datasets import dataset_path, load_examples, load_jsonl, to_example
+from scout_eval.hub import CONVERTERS, HubUnavailable, hub_records
+from scout_eval.runner import RunConfig
 
 
 def _local(name: str, k: int, where: Any = None) -> list[dict[str, Any]]:
@@ -80,7 +80,7 @@ def test_triviaqa_keeps_only_the_triviaqa_subset() -> None:
 
 
 def test_every_hub_source_has_a_converter() -> None:
-    from scout.eval.datasets import DATASETS, HF_SOURCES
+    from scout.datasets import DATASETS, HF_SOURCES
 
     assert set(HF_SOURCES) == set(CONVERTERS) <= set(DATASETS)
 
@@ -96,7 +96,7 @@ def test_without_datasets_the_hub_source_says_what_to_install() -> None:
 
 
 def test_source_names_hub_runs_and_keeps_file_runs_resumable(tmp_path: Any) -> None:
-    from scout.eval.runner import _check_resumable
+    from scout_eval.runner import _check_resumable
 
     file_cfg = RunConfig(experiment="selection", dataset="squad_v2", model="m", n=5, out_root=tmp_path)
     hub_cfg = RunConfig(experiment="selection", dataset="squad_v2", model="m", n=5, out_root=tmp_path, source="hub")

@@ -443,7 +443,7 @@ def test_codec_commands_register_without_importing_torch() -> None:
 
     code = (
         "import sys, typer\n"
-        "from scout.commands.codec import register\n"
+        "from scout_cli.commands.codec import register\n"
         "app, bench = typer.Typer(), typer.Typer()\n"
         "app.add_typer(bench, name='bench')\n"
         "register(app, bench)\n"

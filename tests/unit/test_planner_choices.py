@@ -22,7 +22,7 @@ from scout.policy.planner import (
     plan_oracle,
     plan_robust,
 )
-from scout.policy.simulate import SimConfig, SimRequest, parse_policy, simulate
+from scout_eval.simulate import SimConfig, SimRequest, parse_policy, simulate
 
 PAIR = "e->c"
 

@@ -46,7 +46,7 @@ from scout.policy.planner import (
     plan_robust,
     plan_static,
 )
-from scout.policy.simulate import (
+from scout_eval.simulate import (
     SimConfig,
     SimRequest,
     StreamConfig,
@@ -578,7 +578,7 @@ def test_parse_policy() -> None:
 # command line
 # ----------------------------------------------------------------------------------------------------------------
 def cli() -> typer.Typer:
-    from scout.commands.policy import register
+    from scout_cli.commands.policy import register
 
     app = typer.Typer()
     bench = typer.Typer()

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from services.shaper import handlers
+
+from scout_services.shaper import handlers
 
 STATUS = "Name:\tpython\nCapEff:\t0000000000000000\nCapBnd:\t{bnd}\nNoNewPrivs:\t{nnp}\n"
 NET_ADMIN_BND = f"{1 << 12:016x}"

@@ -1,4 +1,4 @@
-"""The simulation suite (`scout.policy.suite`) and the stage-time fitting it consumes (`scout.benchmarks.stages`).
+"""The simulation suite (`scout_eval.suite`) and the stage-time fitting it consumes (`scout_cli.benchmarks.stages`).
 
 Tables, stage times and measurement records are constructed for the test; nothing here is a measurement.
 """
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from scout.benchmarks.stages import build_stage_times, fit_linear
 from scout.channel.process import StepProcess
 from scout.policy.allocator import allocate_brute_force
 from scout.policy.operating_points import OperatingPoint, OperatingPointTable
 from scout.policy.planner import ModeStages, StageCost, StageTimes
-from scout.policy.suite import (
+from scout_cli.benchmarks.stages import build_stage_times, fit_linear
+from scout_eval.suite import (
     CellDevice,
     SuiteConfig,
     deadline_list,
@@ -25,7 +25,7 @@ from scout.policy.suite import (
     run_cell_trace,
     run_suite,
 )
-from scout.policy.suite_report import digest, headline, write_readme
+from scout_eval.suite_report import digest, headline, write_readme
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def test_suite_writes_every_output_and_consistent_verdicts(tmp_path: Path) -> No
 
 
 def test_stage_bench_resumes_only_with_the_same_settings(tmp_path: Path) -> None:
-    from scout.benchmarks.stages import StagesBenchConfig, _load_records
+    from scout_cli.benchmarks.stages import StagesBenchConfig, _load_records
 
     cfg = StagesBenchConfig(edge_model="E", cloud_model="C", lengths=[128, 256], out=tmp_path)
     path = tmp_path / "E__C.records.jsonl"
@@ -229,9 +229,9 @@ def test_cli_builds_tables_from_eval_runs_and_writes_the_readme(
 ) -> None:
     from typer.testing import CliRunner
 
-    import scout.eval.operating_points as eop
-    from scout.cli import app
+    import scout_eval.operating_points as eop
     from scout.policy.operating_points import KVGeometry
+    from scout_cli.main import app
 
     root = tmp_path / "eval"
     for experiment, model, conds in (
@@ -286,8 +286,8 @@ def test_the_stage_bench_command_reproduces_its_settings() -> None:
 
     import typer
 
-    from scout.benchmarks.stages import StagesBenchConfig, bench_command
-    from scout.cli import app
+    from scout_cli.benchmarks.stages import StagesBenchConfig, bench_command
+    from scout_cli.main import app
 
     cfg = StagesBenchConfig(
         edge_model="e", cloud_model="c", lengths=[128, 512], repeats=2, codecs=["bf16", "mixed:p/{model}.json"]

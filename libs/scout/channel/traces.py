@@ -51,8 +51,8 @@ Direction = Literal["uplink", "downlink", "unknown"]
 
 
 def traces_dir() -> Path:
-    """``<shared>/traces``, the shared folder being resolved by `scout.eval.datasets.shared_dir`."""
-    from scout.eval.datasets import shared_dir
+    """``<shared>/traces``, the shared folder being resolved by `scout.datasets.shared_dir`."""
+    from scout.datasets import shared_dir
 
     return shared_dir() / "traces"
 

@@ -49,7 +49,7 @@ from scout.codec.quant import (
 from scout.kvcache import KVCache
 
 if TYPE_CHECKING:
-    from scout.eval.datasets import Example
+    from scout.datasets import Example
     from scout.models import LoadedModel
     from scout.prompts import Prompt
 
@@ -443,7 +443,7 @@ def _f1_of_variants(
     max_new_tokens: int,
 ) -> torch.Tensor:
     """F1 (the dataset's own metric) of each variant's greedy answer on each example: [variants, examples]."""
-    from scout.eval.metrics import PRIMARY_METRIC, clean_generation, score
+    from scout.metrics import PRIMARY_METRIC, clean_generation, score
 
     out = torch.zeros(len(variants), len(examples), dtype=torch.float64)
     for j, (ex, cp, src) in enumerate(zip(examples, ex_prepared, ex_sources, strict=True)):

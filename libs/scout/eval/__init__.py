@@ -1,1 +1,0 @@
-"""eval (see DESIGN.md)."""

@@ -1,0 +1,110 @@
+"""`scout bench reliability` and `scout bench soak`: load, faults and hostile input against the real multi-process
+deployment (issue 10).
+
+Both start their own nats-server and redis-server (authentication on, free loopback ports) and every role as its
+own process, so they need the two server binaries on PATH and nothing else. The work is in ``scout_testbed.reliability``
+(reached by name at run time, like ``scout serve``: the core library never imports the runtime).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+# The options both commands take (one definition, so the two never drift apart).
+ConcurrencyOpt = Annotated[list[int] | None, typer.Option(help="soak load levels (repeatable); default 1, 8, 32")]
+RequestsOpt = Annotated[
+    list[int] | None, typer.Option(help="requests per client, one value or one per level; default 16, 4, 3")
+]
+ModelOpt = Annotated[str, typer.Option(help="model of every role")]
+DtypeOpt = Annotated[str, typer.Option(help="compute dtype")]
+MaxNewTokensOpt = Annotated[int, typer.Option(help="tokens generated per request")]
+DocumentsOpt = Annotated[int, typer.Option(help="SQuAD v2 prompts in the mix")]
+
+
+def _levels(concurrency: list[int], requests: list[int]) -> list[tuple[int, int]]:
+    """(clients, requests per client) per level; one ``--requests`` value applies to every level."""
+    if len(requests) == 1:
+        requests = requests * len(concurrency)
+    if len(requests) != len(concurrency):
+        raise typer.BadParameter("give one --requests, or one per --concurrency")
+    if any(c < 1 for c in concurrency) or any(r < 1 for r in requests):
+        raise typer.BadParameter("--concurrency and --requests must be >= 1")
+    return list(zip(concurrency, requests, strict=True))
+
+
+def _run(**fields: object) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("scout_runtime.bus").setLevel(logging.ERROR)  # reconnect notices during the NATS fault
+    reliability = importlib.import_module("scout_testbed.reliability")
+    cfg = reliability.ReliabilityConfig(**fields)
+    results = reliability.run_reliability(cfg, progress=lambda m: console.print(f"  {m}", soft_wrap=True))
+    out = cfg.out
+    console.print(f"[green]written[/green] {out.parent / (out.name + '.md')}, {out}/results.json, {out}/latency.png")
+    if not results["verdict"]["ok"]:
+        console.print(f"[red]not every criterion was met:[/red] {results['verdict']}")
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    del app
+
+    @bench.command("reliability")
+    def bench_reliability(
+        out: Annotated[Path, typer.Option(help="output folder (the Markdown goes next to it)")] = Path(
+            "reports/reliability"
+        ),
+        concurrency: ConcurrencyOpt = None,
+        requests: RequestsOpt = None,
+        model: ModelOpt = "smollm2-135m",
+        dtype: DtypeOpt = "fp32",
+        max_new_tokens: MaxNewTokensOpt = 6,
+        documents: DocumentsOpt = 16,
+        hostile_random: Annotated[int, typer.Option(help="random-byte inputs per entry point")] = 16,
+    ) -> None:
+        """Soak at each load level (sent / answered / typed errors / lost / duplicated, p50/p99), every fault
+        (link to zero, Redis and NATS restarts, kill -9 of a decoder) and hostile input on every entry point,
+        against its own authenticated NATS + Redis and role processes; JSON + Markdown + PNG."""
+        _run(
+            out=out,
+            levels=_levels(concurrency or [1, 8, 32], requests or [16, 4, 3]),
+            model=model,
+            dtype=dtype,
+            max_new_tokens=max_new_tokens,
+            documents=documents,
+            hostile_random=hostile_random,
+        )
+
+    @bench.command("soak")
+    def bench_soak(
+        out: Annotated[Path, typer.Option(help="output folder (the Markdown goes next to it)")] = Path(
+            "reports/reliability/soak"
+        ),
+        concurrency: ConcurrencyOpt = None,
+        requests: RequestsOpt = None,
+        model: ModelOpt = "smollm2-135m",
+        dtype: DtypeOpt = "fp32",
+        max_new_tokens: MaxNewTokensOpt = 6,
+        documents: DocumentsOpt = 16,
+    ) -> None:
+        """Only the soak: a bounded mix of modes and real prompts at each load level; lost and duplicated requests
+        counted at the clients and on the result subjects; JSON + Markdown + PNG."""
+        _run(
+            out=out,
+            levels=_levels(concurrency or [1, 8, 32], requests or [16, 4, 3]),
+            model=model,
+            dtype=dtype,
+            max_new_tokens=max_new_tokens,
+            documents=documents,
+            faults=(),
+            hostile=False,
+        )

@@ -1,0 +1,119 @@
+"""Cloud decoder wiring: the model, the cloud store, and a consumer of the shared durable decode consumer (every
+replica fetches from the same one: the queue group), plus the queue-lag gauge (KEDA scales on the same number)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from scout_runtime.bus import Bus, Subscription, WorkItem, WorkQueueSpec, connect_bus
+from scout_runtime.errors import ScoutError
+from scout_runtime.settings import Settings
+from scout_runtime.store import BlobStore, open_store
+from scout_runtime.telemetry import Telemetry
+from scout_services.cloud_decoder.args import DecoderArgs
+from scout_services.cloud_decoder.handlers import DecoderHandlers
+from scout_services.common import Role, configure_logging, run_service
+
+log = logging.getLogger("scout.decoder")
+
+
+def load_decoder_model(args: DecoderArgs) -> Any:
+    """The cloud model, warmed up (so the first request's timings are not the kernels' initialisation)."""
+    from scout.inference import warmup
+    from scout.models import load_model
+
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.warmup:
+        warmup(lm)
+    return lm
+
+
+class CloudDecoderService:
+    """The cloud-decoder role (see the package docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        args: DecoderArgs | None = None,
+        *,
+        model: Any = None,
+        telemetry: Telemetry | None = None,
+        registry: CollectorRegistry | None = None,
+        set_global: bool = False,
+        health_port: int | None = None,
+    ) -> None:
+        self.role = Role.create(
+            "cloud_decoder", settings, telemetry=telemetry, registry=registry, set_global=set_global
+        )
+        self.args = args or DecoderArgs()
+        self.model = model
+        self.health_port = health_port
+        self.bus: Bus | None = None
+        self.cloud: BlobStore | None = None
+        self.handlers: DecoderHandlers | None = None
+        self.spec: WorkQueueSpec | None = None
+        self._consumer: Subscription | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+        self._http: Any = None
+        self._port = 0
+
+    def ports(self) -> dict[str, int]:
+        return {"metrics": self._port}
+
+    async def start(self) -> None:
+        role, settings = self.role, self.role.settings
+        self._http, self._port = await role.serve_health(port=self.health_port)
+        if self.model is None:
+            self.model = await asyncio.to_thread(load_decoder_model, self.args)
+        self.cloud = open_store(settings.cloud_store_url.get_secret_value(), settings=settings)
+        self.bus = bus = await connect_bus(settings, name=f"decoder-{settings.instance_id}")
+        self.spec = WorkQueueSpec.for_decode(settings)
+        await bus.ensure_work_queue(self.spec)
+        role.health.checks.update({"bus": self._bus_ok, "cloud_store": self.cloud.ping})
+        self.handlers = DecoderHandlers(role, bus, self.cloud, self.model, self.args.model, self.args)
+        self._consumer = await bus.consume(self.spec, self._handle, concurrency=settings.max_inflight_decodes)
+        self._lag_task = asyncio.create_task(self._watch_lag())
+
+    async def _bus_ok(self) -> bool:
+        return self.bus is not None and self.bus.is_connected
+
+    async def _handle(self, item: WorkItem) -> None:
+        assert self.handlers is not None
+        await self.handlers.handle(item)
+
+    async def _watch_lag(self) -> None:
+        assert self.bus is not None and self.spec is not None
+        while True:
+            try:
+                stats = await self.bus.queue_stats(self.spec)
+                self.role.metrics.queue_lag.set(stats.lag)
+            except ScoutError as e:
+                log.debug("queue stats unavailable: %s", e)
+            await asyncio.sleep(self.args.lag_interval_s)
+
+    async def stop(self) -> None:
+        """Graceful: take no new work, finish (reply and ack) what is in flight, then disconnect."""
+        self.role.health.draining = True
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_task
+        if self._consumer is not None:
+            await self._consumer.stop(drain_timeout_s=max(60.0, self.role.settings.ack_wait_s))
+        if self.bus is not None:
+            await self.bus.close()
+        if self.cloud is not None:
+            await self.cloud.close()
+        if self._http is not None:
+            await self._http.cleanup()
+
+
+def main() -> None:
+    """``scout serve cloud_decoder``."""
+    configure_logging()
+    asyncio.run(run_service(CloudDecoderService(set_global=True)))
