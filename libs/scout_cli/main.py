@@ -10,8 +10,9 @@ import time
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from scout_cli.console import console, fail, print_table, say
 
 app = typer.Typer(
     help="Scout: send LLM context over a thin uplink (KV, quantized KV, selected positions, or position sets).",
@@ -28,25 +29,18 @@ app.add_typer(bench_app, name="bench")
 
 
 def _register_commands() -> None:
-    from scout_cli.commands import codec, policy, reliability, selection, serve, shape
+    from scout_cli.commands import codec, data, policy, reliability, selection, serve, shape
     from scout_cli.commands import eval as eval_commands
 
-    for module in (selection, policy, eval_commands, serve, codec, shape, reliability):
+    for module in (selection, policy, eval_commands, serve, codec, shape, reliability, data):
         module.register(app, bench_app)
 
 
 _register_commands()
-console = Console()
-err = Console(stderr=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="alias, local folder or Hugging Face id")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 … (default: CUDA if present)")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="bf16 (default, the wire format) or fp32 (faster on AVX2 CPUs)")]
-
-
-def _fail(msg: str) -> None:
-    err.print(f"[red]error:[/red] {msg}")
-    raise typer.Exit(2)
 
 
 @models_app.command("list")
@@ -58,7 +52,7 @@ def models_list(
 
     rows = list_models()
     if as_json:
-        console.print_json(json.dumps(rows))
+        print(json.dumps(rows, indent=2))
         return
     table = Table("alias", "role", "installed", "prepared", "layers", "kv heads", "head dim", "KV B/token (bf16)")
     for r in rows:
@@ -72,10 +66,10 @@ def models_list(
             str(r.get("head_dim", "")),
             f"{r['kv_bytes_per_token']:,}" if "kv_bytes_per_token" in r else "",
         )
-    console.print(table)
+    print_table(table)
     for r in rows:
         if not r["installed"]:
-            console.print(f"  {r['alias']}: install with `{r['install']}`")
+            say(f"  {r['alias']}: install with `{r['install']}`")
 
 
 @models_app.command("prepare")
@@ -90,7 +84,7 @@ def models_prepare(
     try:
         path = prepare(name, force=force, progress=lambda m: console.print(f"  {m}"))
     except ModelNotAvailable as exc:
-        _fail(str(exc))
+        fail(str(exc))
     t1 = time.perf_counter()
     lm = load_model(name)
     t2 = time.perf_counter()
@@ -144,7 +138,7 @@ def demo(
             dtype=dtype,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def main() -> None:

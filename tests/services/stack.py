@@ -1,4 +1,4 @@
-"""The service stack the end-to-end tests run: every role as its own OS process 
+"""The service stack the end-to-end tests run: every role as its own OS process
 (``python -m scout_cli.main serve ROLE``,
 started by `scout_testbed.launcher`) against real NATS (JetStream) and Redis, under a namespace of its own, exporting
 traces over OTLP/HTTP to an oteltap receiver that runs in a thread of the test process."""
