@@ -2,15 +2,18 @@
 # Offline checks of the Kubernetes deployment (no cluster needed); exits non-zero on the first failing step.
 #
 #   1. helm lint --strict of charts/scout with every values profile
-#   2. helm template of every profile (plus the traces dev overlay) into a temporary folder
+#   2. helm template of every profile (plus the traces dev overlay, with the traces packaged in libs/scout/data/traces)
+#      into a temporary folder
 #   3. kubernetes-validate --strict of every rendered manifest and of the plain manifests under k8s/, at the chart's
 #      minimum Kubernetes version and the newest one kubernetes-validate knows
-#   4. every ScaledObject (chart and k8s/keda) against KEDA's CRD schema (../shared/schemas/keda.sh_scaledobjects.yaml)
-#   5. skaffold.yaml (and each profile, patches applied) against ../shared/schemas/skaffold-v4beta13.schema.json
+#   4. every ScaledObject (chart and k8s/keda) against KEDA's CRD schema
+#      (tests/fixtures/schemas/keda.sh_scaledobjects.yaml)
+#   5. skaffold.yaml (and each profile, patches applied) against tests/fixtures/schemas/skaffold-v4beta13.schema.json
 #   6. values.schema.json rejects wrong values (a string replica count, an unknown key)
 #
-# Environment: HELM (a helm binary; default: scripts/get-helm.sh fetches and caches one), PYTHON (default: .venv's),
-# SCOUT_SHARED (default: ../shared). Needs kubernetes-validate, check-jsonschema and jsonschema in that Python.
+# Everything it reads is in the repository (a fresh clone needs nothing beside it). Environment: HELM (a helm binary;
+# default: scripts/get-helm.sh fetches and caches one), PYTHON (default: .venv's). Needs kubernetes-validate,
+# check-jsonschema and jsonschema in that Python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,10 +29,12 @@ cj="$bindir/check-jsonschema"
 
 HELM="${HELM:-$(scripts/get-helm.sh)}"
 export HELM
-shared="${SCOUT_SHARED:-$(cd .. && pwd)/shared}"
-for f in keda.sh_scaledobjects.yaml skaffold-v4beta13.schema.json; do
-  if [[ ! -f "$shared/schemas/$f" ]]; then
-    echo "check-chart: $shared/schemas/$f is missing (set SCOUT_SHARED)" >&2
+schemas=tests/fixtures/schemas
+traces=libs/scout/data/traces
+for f in "$schemas/keda.sh_scaledobjects.yaml" "$schemas/skaffold-v4beta13.schema.json" \
+  "$traces/lumos5g_vzw_mmwave5g_dl_driving_trace103.csv" "$traces/lumos5g_vzw_mmwave5g_dl_walking_trace100.csv"; do
+  if [[ ! -f "$f" ]]; then
+    echo "check-chart: $f is missing from the checkout" >&2
     exit 1
   fi
 done
@@ -47,9 +52,10 @@ declare -A profiles=(
   [gpu]="-f $chart/values-gpu.yaml"
   [external]="-f $chart/values-external.yaml"
   [gpu-external]="-f $chart/values-gpu.yaml -f $chart/values-external.yaml"
+  # The same files as skaffold's traces profile (skaffold.yaml); users add their own with --set-file traces.NAME=FILE.
   [cpu-traces]="-f $chart/values-cpu.yaml -f k8s/dev/values-traces.yaml
-    --set-file traces.umn_mmwave_ul=$shared/traces/umn_vzw_mmwave5g_ul_walking_run15657.csv
-    --set-file traces.nuwins_lte_ul=$shared/traces/nuwins_lte_ul_driving_run1.csv"
+    --set-file traces.lumos_driving=$traces/lumos5g_vzw_mmwave5g_dl_driving_trace103.csv
+    --set-file traces.lumos_walking=$traces/lumos5g_vzw_mmwave5g_dl_walking_trace100.csv"
 )
 
 step() { echo "== $*"; }
@@ -84,7 +90,7 @@ if ! grep -q '^kind: ScaledObject' "$out/gpu.yaml"; then
 fi
 
 step "skaffold.yaml against the v4beta13 schema"
-"$cj" --schemafile "$shared/schemas/skaffold-v4beta13.schema.json" skaffold.yaml
+"$cj" --schemafile "$schemas/skaffold-v4beta13.schema.json" skaffold.yaml
 "$PYTHON" tests/chart/chartlib.py skaffold
 
 step "values.schema.json rejects wrong values"

@@ -7,9 +7,9 @@ Shared by the chart tests (``tests/chart/test_*.py``) and ``scripts/check-chart.
 
 No Kubernetes API server is involved: helm renders with ``helm template``, ``kubernetes-validate`` checks built-in
 kinds against the OpenAPI schemas it ships, and custom resources are checked against the CRD's
-``openAPIV3Schema`` (from ``../shared/schemas``) made strict: an object schema that lists its properties and says
-nothing about others gets ``additionalProperties: false``, so a misspelt field fails here instead of being pruned
-silently by the API server.
+``openAPIV3Schema`` (from ``tests/fixtures/schemas``, committed so that a fresh clone needs nothing beside it) made
+strict: an object schema that lists its properties and says nothing about others gets ``additionalProperties:
+false``, so a misspelt field fails here instead of being pruned silently by the API server.
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "scout"
 GET_HELM = REPO / "scripts" / "get-helm.sh"
 SKAFFOLD = REPO / "skaffold.yaml"
+SCHEMAS = REPO / "tests" / "fixtures" / "schemas"
+"""Upstream schemas copied into the repository (see its README): KEDA's ScaledObject CRD and skaffold's v4beta13."""
+KEDA_CRD = SCHEMAS / "keda.sh_scaledobjects.yaml"
+SKAFFOLD_SCHEMA = SCHEMAS / "skaffold-v4beta13.schema.json"
+PACKAGED_TRACES = REPO / "libs" / "scout" / "data" / "traces"
+"""The redistributable traces packaged with the library, which skaffold's traces profile and check-chart.sh load."""
 
 PROFILES: dict[str, tuple[str, ...]] = {
     "default": (),
@@ -47,13 +53,6 @@ KUBE_VERSIONS = ("1.27.0", "1.37.0")
 
 class HelmUnavailable(RuntimeError):
     """No helm binary: $HELM unset and scripts/get-helm.sh could not fetch one (offline, no npm)."""
-
-
-def shared_dir() -> Path:
-    """``../shared`` next to the repository root (or ``$SCOUT_SHARED``), as the rest of the project finds it."""
-    from scout.datasets import shared_dir as _shared_dir
-
-    return _shared_dir()
 
 
 @functools.cache
@@ -238,13 +237,12 @@ def strictify(schema: Any) -> Any:
 
 @functools.cache
 def keda_scaledobject_schema(version: str = "v1alpha1") -> dict[str, Any]:
-    """The strict openAPIV3Schema of KEDA's ScaledObject CRD (../shared/schemas/keda.sh_scaledobjects.yaml)."""
-    crd_path = shared_dir() / "schemas" / "keda.sh_scaledobjects.yaml"
-    crd = yaml.safe_load(crd_path.read_text())
+    """The strict openAPIV3Schema of KEDA's ScaledObject CRD (tests/fixtures/schemas/keda.sh_scaledobjects.yaml)."""
+    crd = yaml.safe_load(KEDA_CRD.read_text())
     for v in crd["spec"]["versions"]:
         if v["name"] == version:
             return strictify(copy.deepcopy(v["schema"]["openAPIV3Schema"]))
-    raise KeyError(f"{crd_path} has no version {version}")
+    raise KeyError(f"{KEDA_CRD} has no version {version}")
 
 
 def validate_keda(docs: Iterable[Mapping[str, Any]]) -> tuple[int, list[str]]:
@@ -312,10 +310,10 @@ def skaffold_configs(path: Path = SKAFFOLD) -> dict[str, dict[str, Any]]:
 
 
 def validate_skaffold(path: Path = SKAFFOLD) -> list[str]:
-    """skaffold.yaml and each of its profiles against ../shared/schemas/skaffold-v4beta13.schema.json."""
+    """skaffold.yaml and each of its profiles against tests/fixtures/schemas/skaffold-v4beta13.schema.json."""
     import jsonschema
 
-    schema = json.loads((shared_dir() / "schemas" / "skaffold-v4beta13.schema.json").read_text())
+    schema = json.loads(SKAFFOLD_SCHEMA.read_text())
     validator = jsonschema.Draft7Validator(schema)
     errors = []
     try:

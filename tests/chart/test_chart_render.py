@@ -80,15 +80,48 @@ def test_skaffold_and_its_profiles_validate() -> None:
 
 
 def test_skaffold_traces_profile_renders_with_real_traces(helm_bin: str) -> None:
-    """The dev overlay renders with the trace files skaffold passes (from ../shared/traces)."""
+    """The dev overlay renders with the trace files skaffold passes: the ones packaged with the library, inside the
+    checkout, so `skaffold dev -p traces` works from a fresh clone."""
     release = chartlib.skaffold_configs()["traces"]["deploy"]["helm"]["releases"][0]
     files = [chartlib.REPO / f for f in release["valuesFiles"]]
     set_files = {k: (chartlib.REPO / v).resolve() for k, v in release["setFiles"].items()}
+    assert all(p.is_relative_to(chartlib.PACKAGED_TRACES) for p in set_files.values()), set_files
     docs = chartlib.render(files, set_files=set_files)
     traces = chartlib.find(docs, "ConfigMap", "scout-traces")
-    assert set(traces["data"]) == {"umn_mmwave_ul.csv", "nuwins_lte_ul.csv"}
+    assert set(traces["data"]) == {"lumos_driving.csv", "lumos_walking.csv"}
     assert all(v.startswith("t_s,mbps\n") for v in traces["data"].values())
     assert chartlib.validate_kubernetes(docs, chartlib.KUBE_VERSIONS[-1]) == []
+    # Every device of the overlay that replays a trace names one that skaffold loads.
+    overlay = yaml.safe_load((chartlib.REPO / "k8s/dev/values-traces.yaml").read_text())
+    named = {d["trace"] for d in overlay["devices"] if "trace" in d}
+    assert named and named <= {k.removeprefix("traces.") for k in set_files}
+
+
+SELF_CONTAINED = [
+    "skaffold.yaml",
+    "charts",
+    "k8s",
+    "scripts/check-chart.sh",
+    "scripts/get-helm.sh",
+    "tests/chart",
+    "tests/fixtures/schemas",
+]
+"""What a user's fresh clone deploys and checks the deployment with: none of it may read a folder beside the checkout
+(development tools that import data from such a folder, e.g. scripts/make-samples.py, may name one)."""
+
+
+def test_deployment_files_read_nothing_beside_the_checkout() -> None:
+    """No `../shared` path and no SCOUT_SHARED: a fresh clone has neither (schemas and traces are in the repository)."""
+    this = Path(__file__).resolve()
+    offenders = []
+    for root in SELF_CONTAINED:
+        base = chartlib.REPO / root
+        for path in [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()):
+            if path.resolve() == this or "__pycache__" in path.parts:
+                continue
+            text = path.read_text(errors="replace")
+            offenders += [f"{path.relative_to(chartlib.REPO)}: {m}" for m in ("../shared", "SCOUT_SHARED") if m in text]
+    assert offenders == []
 
 
 K8S_MANIFESTS = [

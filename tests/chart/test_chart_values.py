@@ -39,7 +39,7 @@ def test_schema_is_valid_draft7_and_every_values_file_conforms() -> None:
             values = _merge(values, yaml.safe_load((chartlib.CHART / f).read_text()))
         assert [e.message for e in validator.iter_errors(values)] == [], profile
     overlay = yaml.safe_load((chartlib.REPO / "k8s/dev/values-traces.yaml").read_text())
-    values = _merge(defaults, {**overlay, "traces": {"umn_mmwave_ul": "t_s,mbps\n", "nuwins_lte_ul": "t_s,mbps\n"}})
+    values = _merge(defaults, {**overlay, "traces": {"lumos_driving": "t_s,mbps\n", "lumos_walking": "t_s,mbps\n"}})
     assert [e.message for e in validator.iter_errors(values)] == []
 
 
