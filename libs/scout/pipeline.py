@@ -11,9 +11,9 @@ One request, step by step (the roles in brackets):
 
 1. [selector] `edge_prefill`: tokenize, one scoring prefill of the full prompt (the edge keeps its KV), and the
    selector's scores (Q2C by default).
-2. [transport policy] `plan_request`: the planner (`scout.policy.planner.plan`) over an operating-point table when
-   one is configured; otherwise the threshold rule documented at `threshold_plan`; a mode forced by the request
-   wins either way (`forced_plan`).
+2. [transport policy] `scout.policy.rules.plan_request` (re-exported here with `PolicyConfig`, `forced_plan`,
+   `threshold_plan`): the planner over an operating-point table when one is configured, otherwise the threshold
+   rule; a mode forced by the request wins either way. Planning is the policy's, not this module's.
 3. By mode:
    * ``local``: `answer_local` (the edge continues from its own cache; nothing crosses the uplink).
    * KV modes (``full``, ``int8``, ``int4``, ``mixed``, with or without selection): [selector] `raw_kv_blob` (the
@@ -26,18 +26,17 @@ One request, step by step (the roles in brackets):
      prefilled alone at their original position ids, mapped across tokenizers by character spans when the two
      models tokenize differently).
 
-What counts as "bytes sent" (`uplink_payload_bytes`): the content this request puts on the uplink. KV modes: the
-blob. Scout: the position set, the question and the 32-byte document reference. Text: question and reference.
-Local: nothing. Not counted: the fixed message envelope (ids, reply subject, trace context; a few hundred bytes of
-JSON in every mode) and the document itself, which is content-addressed and uploaded once, not per request.
+What counts as "bytes sent" (`scout.policy.plans.uplink_payload_bytes`, re-exported here): the content this
+request puts on the uplink. KV modes: the blob. Scout: the position set, the question and the 32-byte document
+reference. Text: question and reference. Local: nothing. Not counted: the fixed message envelope (ids, reply
+subject, trace context; a few hundred bytes of JSON in every mode) and the document itself, which is
+content-addressed and uploaded once, not per request.
 """
 
 from __future__ import annotations
 
-import math
-import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,22 +44,32 @@ import numpy as np
 import torch
 
 from scout.codec.quant import BitPlan, QuantSpec, quantize_cache
+from scout.codec.registry import bit_plan_of, bit_plan_spec
 from scout.codec.wire import DEFAULT_MAX_BYTES, decode_blob, encode_blob
 from scout.inference import Generation, generate, generate_from_cache
 from scout.kvcache import KVCache
 from scout.metrics import clean_generation
+from scout.policy.plans import (
+    DEFAULT_MIXED_PLAN,
+    DOCUMENT_REF_BYTES,
+    KV_MODES,
+    MODES,
+    Plan,
+    bit_plan_for,
+    uplink_payload_bytes,
+)
+from scout.policy.rules import PolicyConfig, forced_plan, plan_request, threshold_plan
 from scout.positions import align_positions, decode_positions, encode_positions
 from scout.prompts import Prompt, build_prompt
 from scout.selection import apply_selection, get_selector, score_prompt
 
 if TYPE_CHECKING:
     from scout.models import LoadedModel, ModelSpec
-    from scout.policy.operating_points import OperatingPointTable, SizeModel
-    from scout.policy.planner import Plan, StageTimes
     from scout.selection.base import Selector
 
 __all__ = [
     "DEFAULT_MIXED_PLAN",
+    "DOCUMENT_REF_BYTES",
     "KV_MODES",
     "MODES",
     "Answer",
@@ -86,61 +95,24 @@ __all__ = [
     "visible_positions",
 ]
 
-MODES: tuple[str, ...] = ("full", "int8", "int4", "mixed", "scout", "text", "local")
-KV_MODES: frozenset[str] = frozenset({"full", "int8", "int4", "mixed"})
-DOCUMENT_REF_BYTES = 32
-"""A document reference is a SHA-256: 32 bytes of content (its hex spelling in JSON is envelope)."""
 WIRE_DTYPE = torch.bfloat16
 """KV crosses the uplink (and is staged on the edge) in bf16 whatever the model's compute dtype (``full`` mode)."""
-DEFAULT_MIXED_PLAN = "mixed:0=16"
-"""The study's "mixed INT4": every layer at 4 bits except the bottleneck layer 0 at 16. A calibrated plan
-(``scout codec calibrate``, ``reports/plans/*.json``) replaces it per model."""
-
-_BIT_PLAN_RE = re.compile(r"mixed:((?:\d{1,4}=(?:2|4|8|16))(?:,\d{1,4}=(?:2|4|8|16))*)?")
-_UNIFORM_PLANS: dict[str, int] = {"bf16": 16, "fp16": 16, "16": 16, "int8": 8, "int4": 4, "int2": 2}
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# bit plans by name (what `Plan.bit_plan` carries)
+# bit plans by name (what `Plan.bit_plan` carries; `DEFAULT_MIXED_PLAN` and `bit_plan_for` are re-exported from
+# `scout.policy.plans`, the parsing is `scout.codec.registry`'s)
 # ----------------------------------------------------------------------------------------------------------------
 def parse_bit_plan(name: str) -> BitPlan:
     """The `BitPlan` a plan names: ``bf16`` (16 bits), ``int8``, ``int4``, ``int2``, or ``mixed:<layer>=<bits>,…``
-    (4 bits by default, the listed layers at their bits). ValueError for anything else."""
-    if not isinstance(name, str):
-        raise ValueError("a bit plan name must be a string")
-    if name in _UNIFORM_PLANS:
-        return BitPlan.uniform(_UNIFORM_PLANS[name])
-    m = _BIT_PLAN_RE.fullmatch(name)
-    if m is None:
-        raise ValueError(f"unknown bit plan {name[:80]!r}: use bf16, int8, int4, int2 or mixed:<layer>=<bits>,…")
-    overrides: dict[int, int] = {}
-    for item in (m.group(1) or "").split(","):
-        if item:
-            layer, bits = item.split("=")
-            if int(layer) in overrides:
-                raise ValueError(f"bit plan {name[:80]!r} names layer {int(layer)} twice")
-            overrides[int(layer)] = int(bits)
-    return BitPlan(4, overrides)
+    (4 bits by default, the listed layers at their bits). `scout.codec.registry.CodecSpecError` (a ValueError)
+    for anything else; the registry is the one parser of these names."""
+    return bit_plan_of(name)
 
 
 def bit_plan_name(plan: BitPlan) -> str:
     """The inverse of `parse_bit_plan` for uniform and 4-bit-default plans."""
-    if not plan.overrides:
-        for name, bits in _UNIFORM_PLANS.items():
-            if bits == plan.default and name not in ("fp16", "16"):
-                return name
-    if plan.default != 4:
-        raise ValueError(f"only 4-bit-default mixed plans have a name, got default {plan.default}")
-    return "mixed:" + ",".join(f"{k}={v}" for k, v in sorted(plan.overrides.items()))
-
-
-def bit_plan_for(mode: str, mixed_plan: str = DEFAULT_MIXED_PLAN) -> str:
-    """The plan name of a mode: ``bf16`` for full, ``int8``/``int4``, the configured mixed plan, ``positions`` for
-    scout, ``none`` for text and local (the names `scout.policy.operating_points` uses)."""
-    table = {"full": "bf16", "int8": "int8", "int4": "int4", "mixed": mixed_plan, "scout": "positions"}
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
-    return table.get(mode, "none")
+    return bit_plan_spec(plan)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -403,252 +375,6 @@ def answer_from_document(
     gen = apply_selection(lm, prompt, kept, how="drop", max_new_tokens=max_new_tokens)
     t = gen.timings
     return _answer(gen, time.perf_counter() - t0 - sum(t.values()) + t["prefill"], t["generate"])
-
-
-def uplink_payload_bytes(mode: str, *, blob_bytes: int = 0, positions: bytes | None = None, question: str = "") -> int:
-    """Bytes this request puts on the uplink, by the definition in the module docstring."""
-    if mode in KV_MODES:
-        return int(blob_bytes)
-    if mode == "scout":
-        return len(positions or b"") + len(question.encode("utf-8")) + DOCUMENT_REF_BYTES
-    if mode == "text":
-        return len(question.encode("utf-8")) + DOCUMENT_REF_BYTES
-    if mode == "local":
-        return 0
-    raise ValueError(f"unknown mode {mode!r}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# planning
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PolicyConfig:
-    """What the transport policy plans with.
-
-    ``table`` (+ ``stages``): the operating points ``scout eval`` measured; with a table, `plan_request` runs the
-    deadline planner. ``sizes``: ``mode -> (plan name, size model)`` from the codec for the edge model's geometry
-    (`for_model`); the threshold rule and forced modes size their transfers with it. ``scout_retention`` is the
-    retention of scout mode when nothing else says; ``transfer_fraction`` the share of the remaining deadline the
-    threshold rule lets the transfer take (the rest is for compute it does not model).
-    """
-
-    table: OperatingPointTable | None = None
-    stages: StageTimes | None = None
-    sizes: Mapping[str, tuple[str, SizeModel]] = field(default_factory=dict)
-    mixed_plan: str = DEFAULT_MIXED_PLAN
-    scout_retention: float = 0.5
-    transfer_fraction: float = 0.5
-    threshold_modes: tuple[str, ...] = ("full", "int8", "mixed", "int4")
-
-    def __post_init__(self) -> None:
-        parse_bit_plan(self.mixed_plan)
-        if not 0 < self.scout_retention <= 1:
-            raise ValueError(f"scout_retention must be in (0, 1], got {self.scout_retention}")
-        if not 0 < self.transfer_fraction <= 1:
-            raise ValueError(f"transfer_fraction must be in (0, 1], got {self.transfer_fraction}")
-        unknown = [m for m in self.threshold_modes if m not in KV_MODES]
-        if unknown:
-            raise ValueError(f"threshold_modes must be KV modes, got {unknown}")
-
-    @classmethod
-    def for_model(cls, spec: ModelSpec, *, mixed_plan: str = DEFAULT_MIXED_PLAN, **options: Any) -> PolicyConfig:
-        """Sizes from the codec for ``spec``'s KV geometry at the wire's bf16 (see `codec_size_models`)."""
-        from scout.policy.operating_points import KVGeometry, codec_size_models
-
-        plan = parse_bit_plan(mixed_plan)
-        plan.validate(spec.num_layers)
-        geometry = KVGeometry(num_layers=spec.num_layers, kv_heads=spec.num_kv_heads, head_dim=spec.head_dim)
-        sizes = codec_size_models(geometry, mixed_overrides=dict(plan.overrides) or None)
-        # A mixed plan without overrides is plain int4 under the mixed name: size it as int4.
-        sizes["mixed"] = (mixed_plan, sizes.get("mixed", sizes["int4"])[1])
-        return cls(sizes=sizes, mixed_plan=mixed_plan, **options)
-
-    def default_retention(self, mode: str) -> float:
-        return self.scout_retention if mode == "scout" else 1.0
-
-    def size_bytes(self, mode: str, context_tokens: int, retention: float, extra_tokens: int = 0) -> int | None:
-        """Bytes of ``mode`` at ``retention`` from the table's point or the codec sizes; None if neither knows.
-
-        ``extra_tokens``: the hand-off cache's tokens outside the context, which KV modes carry in full.
-        """
-        if self.table is not None:
-            try:
-                return self.table.get(mode, retention).bytes_for(context_tokens, extra_tokens)
-            except (KeyError, ValueError):
-                pass
-        if mode in self.sizes:
-            return self.sizes[mode][1].size_bytes(context_tokens, retention, extra_tokens)
-        return 0 if mode == "local" else None
-
-
-def _planner_plan(**fields: Any) -> Plan:
-    from scout.policy.planner import Plan
-
-    return Plan(**fields)
-
-
-def _transfer_s(nbytes: int, bandwidth_bps: float) -> float:
-    if nbytes == 0:
-        return 0.0
-    return math.inf if bandwidth_bps <= 0 else 8.0 * nbytes / bandwidth_bps
-
-
-def forced_plan(
-    policy: PolicyConfig,
-    *,
-    mode: str,
-    retention: float | None,
-    context_tokens: int,
-    deadline_s: float,
-    bandwidth_bps: float,
-    model_pair: str | None = None,
-    request_id: str = "",
-    extra_tokens: int = 0,
-) -> Plan:
-    """The plan for a mode the request forces: sized, timed at the estimated rate, judged against the deadline."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}")
-    r = policy.default_retention(mode) if retention is None else float(retention)
-    if mode in ("text", "local"):
-        r = 1.0
-    nbytes = policy.size_bytes(mode, context_tokens, r, extra_tokens) or 0
-    bit_plan = bit_plan_for(mode, policy.mixed_plan)
-    quality, compute, pair = math.nan, 0.0, model_pair or ""
-    if policy.table is not None:
-        try:
-            point = policy.table.get(mode, r, model_pair)
-            quality, pair, bit_plan = policy.table.relative_quality(point), point.model_pair, point.plan or bit_plan
-        except (KeyError, ValueError):
-            pass
-    if policy.stages is not None and mode in policy.stages.modes:
-        ms = policy.stages.for_mode(mode)
-        compute = ms.before_transfer_s(context_tokens) + ms.after_transfer_s(context_tokens)
-    transfer = _transfer_s(nbytes, bandwidth_bps)
-    total = compute + transfer
-    feasible = total <= deadline_s
-    return _planner_plan(
-        request_id=request_id,
-        model_pair=pair,
-        mode=mode,
-        retention=r,
-        point=mode if r == 1.0 else f"{mode}@{r:g}",
-        bit_plan=bit_plan,
-        bytes=nbytes,
-        expected_quality=quality,
-        expected_time_s=total,
-        compute_s=compute,
-        transfer_s=transfer,
-        deadline_s=deadline_s,
-        bandwidth_bps=bandwidth_bps,
-        feasible=feasible,
-        fallback=False,
-        reason=f"mode {mode} forced by the request ({nbytes} B, {'meets' if feasible else 'misses'} the deadline)",
-    )
-
-
-def threshold_plan(
-    policy: PolicyConfig,
-    *,
-    context_tokens: int,
-    deadline_s: float,
-    bandwidth_bps: float,
-    model_pair: str | None = None,
-    request_id: str = "",
-    extra_tokens: int = 0,
-) -> Plan:
-    """The rule used until an operating-point table is configured (same `Plan` interface as the planner).
-
-    The transfer may take ``transfer_fraction`` of the remaining deadline. The first of ``threshold_modes``
-    (quality order: full, int8, mixed, int4) whose codec-exact size crosses the uplink within that budget at the
-    estimated rate is chosen; so each KV mode has a rate threshold ``8 * bytes / budget`` that scales with the
-    context length and the deadline. Below int4's threshold: ``scout`` at ``scout_retention`` (hundreds of
-    bytes). No uplink at all (rate 0): ``local``. Expected quality is unknown without a table (NaN).
-    """
-    budget = policy.transfer_fraction * deadline_s
-
-    def plan_for(mode: str, retention: float, nbytes: int, fallback: bool, why: str) -> Plan:
-        transfer = _transfer_s(nbytes, bandwidth_bps)
-        return _planner_plan(
-            request_id=request_id,
-            model_pair=model_pair or "",
-            mode=mode,
-            retention=retention,
-            point=mode if retention == 1.0 else f"{mode}@{retention:g}",
-            bit_plan=bit_plan_for(mode, policy.mixed_plan),
-            bytes=nbytes,
-            expected_quality=math.nan,
-            expected_time_s=transfer,
-            compute_s=0.0,
-            transfer_s=transfer,
-            deadline_s=deadline_s,
-            bandwidth_bps=bandwidth_bps,
-            feasible=transfer <= budget,
-            fallback=fallback,
-            reason=f"threshold rule (no operating-point table): {why}",
-        )
-
-    rate = f"{bandwidth_bps / 1e6:.3g} Mbit/s"
-    if bandwidth_bps <= 0:
-        return plan_for("local", 1.0, 0, True, "no uplink (rate 0): the edge answers")
-    for mode in policy.threshold_modes:
-        if mode not in policy.sizes:
-            continue
-        nbytes = policy.sizes[mode][1].size_bytes(context_tokens, 1.0, extra_tokens)
-        if _transfer_s(nbytes, bandwidth_bps) <= budget:
-            return plan_for(mode, 1.0, nbytes, False, f"{mode} ({nbytes} B) crosses {rate} within {budget:.3f} s")
-    r = policy.scout_retention
-    nbytes = policy.size_bytes("scout", context_tokens, r) or 0
-    why = f"no KV mode crosses {rate} within {budget:.3f} s; scout@{r:g} sends {nbytes} B"
-    return plan_for("scout", r, nbytes, False, why)
-
-
-def plan_request(
-    policy: PolicyConfig,
-    *,
-    context_tokens: int,
-    deadline_s: float,
-    bandwidth_bps: float,
-    elapsed_s: float = 0.0,
-    mode: str | None = None,
-    retention: float | None = None,
-    model_pair: str | None = None,
-    request_id: str = "",
-    extra_tokens: int = 0,
-) -> Plan:
-    """The transport policy's decision for one request (see the module docstring, step 2).
-
-    ``deadline_s`` is the request's whole deadline; ``elapsed_s`` what the edge already spent (the planner gets
-    the remainder, at least 1 ms so an overdue request still gets a plan: its fallback). ``extra_tokens``: the
-    hand-off cache's tokens outside the context (``prompt_tokens - 1 - context_tokens``), sent in full by KV
-    modes; without them a plan under-sizes every KV transfer by the instruction and the question.
-    """
-    remaining = max(deadline_s - elapsed_s, 1e-3)
-    common = {
-        "context_tokens": context_tokens,
-        "deadline_s": remaining,
-        "bandwidth_bps": bandwidth_bps,
-        "extra_tokens": extra_tokens,
-    }
-    if mode is not None:
-        return forced_plan(
-            policy, mode=mode, retention=retention, model_pair=model_pair, request_id=request_id, **common
-        )
-    if policy.table is not None:
-        from scout.policy.planner import PlanRequest as PlannerRequest
-        from scout.policy.planner import StageTimes, plan
-
-        pair = policy.table.resolve_pair(model_pair)
-        modes = {p.mode for p in policy.table.for_pair(pair)}
-        stages = policy.stages or StageTimes.transfer_only(pair, modes)
-        request = PlannerRequest(
-            context_tokens=context_tokens,
-            deadline_s=remaining,
-            model_pair=pair,
-            request_id=request_id,
-            extra_tokens=extra_tokens,
-        )
-        return plan(request, bandwidth_bps, policy.table, stages)
-    return threshold_plan(policy, model_pair=model_pair, request_id=request_id, **common)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -305,8 +305,9 @@ def test_positions_decode_against_context_tokens() -> None:
 
 
 def test_plan_from_planner() -> None:
-    from scout.policy.planner import Plan as CorePlan
+    from scout.policy.plans import Plan as CorePlan
 
+    assert issubclass(Plan, CorePlan)  # one set of fields: the bus message is the planner's plan plus an envelope
     core = CorePlan(
         request_id="r5",
         model_pair="qwen-0.5b->1.5b",
@@ -314,8 +315,8 @@ def test_plan_from_planner() -> None:
         retention=0.25,
         point="scout@25",
         bit_plan="",
-        bytes=140,
-        expected_quality=0.9,
+        expected_bytes=140,
+        expected_quality=math.nan,
         expected_time_s=math.inf,
         compute_s=0.5,
         transfer_s=math.inf,
@@ -325,10 +326,20 @@ def test_plan_from_planner() -> None:
         fallback=True,
         reason="nothing fits",
     )
+    assert core.bytes == 140
     plan = Plan.from_planner(core)
     assert plan.mode == "scout" and plan.expected_bytes == 140 and plan.fallback and not plan.feasible
-    assert plan.expected_time_s is None and plan.transfer_s is None and plan.compute_s == 0.5
+    assert plan.expected_time_s is None and plan.transfer_s is None and plan.expected_quality is None
+    assert plan.compute_s == 0.5 and plan.bandwidth_bps == 0.0 and plan.reason == core.reason
     assert parse(Plan, plan.to_bytes()) == plan
+    wire = json.loads(plan.to_bytes())
+    assert set(wire) == {"type", "schema_version", *CorePlan.model_fields} and wire["expected_time_s"] is None
+    with pytest.raises(ValueError, match="at most 1024"):  # the bound is the core's: the planner cannot exceed it
+        CorePlan.model_validate(core.model_dump() | {"reason": "x" * 1025})
+    with pytest.raises(ValueError, match="finite or null"):
+        Plan(request_id="r6", mode="int8", expected_bytes=1, expected_time_s=math.inf)
+    with pytest.raises(BadRequest):  # a string "Infinity" would validate as a float: the bus refuses it
+        parse(Plan, plan.to_bytes().replace(b'"compute_s":0.5', b'"compute_s":"Infinity"'))
 
 
 def test_link_state_bounds() -> None:

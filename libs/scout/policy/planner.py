@@ -17,6 +17,9 @@ highest expected quality. What Scout adds:
 
 A deadline counts as met when the expected time is at most the deadline plus `DEADLINE_SLACK_S` (1 ns), which
 only absorbs binary round-off of sums of stage times: a deadline met exactly is met.
+
+The request and the answer (`PlanRequest`, `Plan`) are defined in `scout.policy.plans` (shared with the bus
+message) and re-exported here; the threshold rule and forced modes are in `scout.policy.rules`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scout.channel.process import BandwidthProcess
 from scout.policy.operating_points import OperatingPoint, OperatingPointTable
+from scout.policy.plans import Plan, PlanRequest
 
 __all__ = [
     "DEADLINE_SLACK_S",
@@ -114,43 +118,6 @@ class StageTimes(BaseModel):
         if mode not in self.modes:
             raise KeyError(f"no stage times for mode {mode!r} of {self.model_pair}; known: {', '.join(self.modes)}")
         return self.modes[mode]
-
-
-class PlanRequest(BaseModel):
-    """What the planner needs to know about a request."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    context_tokens: int = Field(ge=0)
-    deadline_s: float = Field(gt=0)
-    model_pair: str | None = None
-    request_id: str = ""
-    extra_tokens: int = Field(default=0, ge=0)
-    """Cache tokens outside the context (instruction, question) that KV modes send in full beside it."""
-
-
-class Plan(BaseModel):
-    """The planner's answer: what to send, what it should cost and yield, and why."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
-
-    schema_version: int = 1
-    request_id: str = ""
-    model_pair: str
-    mode: str
-    retention: float
-    point: str
-    bit_plan: str
-    bytes: int
-    expected_quality: float = Field(description="relative to the table's reference for the model pair")
-    expected_time_s: float
-    compute_s: float
-    transfer_s: float
-    deadline_s: float
-    bandwidth_bps: float
-    feasible: bool
-    fallback: bool
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -241,7 +208,7 @@ def _to_plan(
         retention=c.point.retention,
         point=c.point.name,
         bit_plan=c.point.plan,
-        bytes=c.bytes,
+        expected_bytes=c.bytes,
         expected_quality=c.quality,
         expected_time_s=c.time_s,
         compute_s=c.before_s + c.after_s,
