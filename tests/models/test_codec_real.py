@@ -21,15 +21,10 @@ from typing import Any
 import pytest
 import torch
 
-from scout.codec.delta import (
-    compress_blob,
-    decode_delta_blob,
-    decompress_blob,
-    delta_decode,
-    delta_encode,
-    encode_delta_blob,
-)
-from scout.codec.mixed import MixedPlan, PlanFingerprintError, calibrate
+from scout.codec.calibrate import calibrate
+from scout.codec.delta import decode_delta_blob, delta_decode, delta_encode, encode_delta_blob
+from scout.codec.entropy import compress_blob, decompress_blob
+from scout.codec.mixed import MixedPlan, PlanFingerprintError
 from scout.codec.quant import BitPlan, QuantSpec, dequantize_cache, quantize_cache
 from scout.codec.wire import decode_blob, encode_blob
 from scout.datasets import load_examples
@@ -191,7 +186,7 @@ def test_calibrate_on_smollm2(smol: Any, squad_answerable: list[Any], tmp_path: 
 
 
 def test_codec_bench_writes_its_report(smol: Any, tmp_path: Path) -> None:
-    from scout_cli.commands.codec import run_codec_bench, write_codec_report
+    from scout_cli.benchmarks.codec import run_codec_bench, write_codec_report
 
     res = run_codec_bench(smol, model="smollm2-135m", tokens=96, repeats=1, kl_tokens=4, plan_path=None)
     names = [r["mode"] for r in res["modes"]]

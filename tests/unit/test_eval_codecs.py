@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from scout.codec.mixed import MixedPlan, PlanFingerprintError
+from scout.codec.quant import BitPlan, QuantSpec
+from scout.codec.registry import CodecSpecError
 from scout.kvcache import KVCache
 from scout_eval.experiments.codecs import codec
 
 SPEC = SimpleNamespace(head_dim=64, fingerprint="0" * 16)
 
 
-@pytest.fixture(scope="module")
-def kv() -> KVCache:
+def _toy_cache() -> KVCache:
     g = torch.Generator().manual_seed(0)
     layers = [torch.randn(2, 40, 64, generator=g).to(torch.bfloat16) for _ in range(6)]
     return KVCache(layers[:3], layers[3:], torch.arange(40))
+
+
+@pytest.fixture(scope="module")
+def kv() -> KVCache:
+    return _toy_cache()
 
 
 def test_bf16_is_identity(kv: KVCache) -> None:
@@ -58,6 +66,18 @@ def test_delta_codecs_round_trip_within_quantization_error(kv: KVCache) -> None:
 
 
 def test_unknown_names_are_refused() -> None:
-    for bad in ("int3", "fp8", "delta-int4:keep=0", "int4-foo"):
-        with pytest.raises(KeyError):
+    for bad in ("int3", "fp8", "delta-int4:keep=0", "int4-foo", "mixed:nope"):
+        with pytest.raises(CodecSpecError):
             codec(bad, SPEC)
+
+
+def test_plan_files_keep_their_old_spelling_and_check_the_model(tmp_path: Path) -> None:
+    """Committed reports name plan files ``mixed:<plan.json>``; that still reads as ``mixed@<plan.json>``, and a
+    plan made for another model is refused before any cache is coded."""
+    path = MixedPlan(BitPlan(4, {0: 16}), QuantSpec(4), SPEC.fingerprint, 3, "toy").save(tmp_path / "toy.json")
+    kv = _toy_cache()
+    old, new = codec(f"mixed:{path}", SPEC)(kv), codec(f"mixed@{path}", SPEC)(kv)
+    assert old[1] == new[1] and old[0].equal(new[0])
+    assert torch.equal(new[0].keys[0], kv.keys[0]) and not torch.equal(new[0].keys[1], kv.keys[1])
+    with pytest.raises(PlanFingerprintError):
+        codec(f"mixed@{path}", SimpleNamespace(head_dim=64, fingerprint="1" * 16))

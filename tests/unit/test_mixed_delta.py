@@ -16,26 +16,17 @@ from typing import Any
 import pytest
 import torch
 
+from scout.codec.calibrate import calibrate, prepare_prompts, search_prefix
 from scout.codec.delta import (
     DELTA_MAGIC,
-    code_entropy,
-    compress_blob,
     decode_delta_blob,
-    decompress_blob,
     delta_decode,
     delta_encode,
     encode_delta_blob,
     variance_reduction,
 )
-from scout.codec.mixed import (
-    MixedPlan,
-    PlanFingerprintError,
-    PlanFormatError,
-    calibrate,
-    prepare_prompts,
-    search_prefix,
-    study_spec,
-)
+from scout.codec.entropy import code_entropy, compress_blob, decompress_blob
+from scout.codec.mixed import MixedPlan, PlanFingerprintError, PlanFormatError, study_spec
 from scout.codec.quant import (
     BitPlan,
     QuantizedCache,

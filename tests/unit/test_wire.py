@@ -1,7 +1,8 @@
 """Tests for scout.codec.wire: round trips, exact sizes, safetensors compatibility, and hostile input.
 
 The hostile-input tests hold the decoder to its contract: whatever the bytes, `decode_blob` either returns or
-raises BlobError (never another exception type), quickly, without large allocations. Many edits are re-signed
+raises BlobError (never another exception type), and rejects a malformed blob before copying any tensor out of it
+(counted, not timed). Many edits are re-signed
 with a correct checksum (`_resign`, an independent implementation of the documented checksum rule), so the
 structural validation is tested on its own and not hidden behind the checksum.
 """
@@ -12,9 +13,9 @@ import hashlib
 import json
 import random
 import struct
-import time
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import pytest
 import safetensors
@@ -23,6 +24,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scout.codec import wire
 from scout.codec.quant import BitPlan, QuantizedTensor, QuantSpec, dequantize_cache, quantize_cache
 from scout.codec.wire import (
     FORMAT,
@@ -73,15 +75,26 @@ def _resign(header: dict[str, Any], payload: bytes, *, pad: bool = True) -> byte
     return struct.pack("<Q", len(head)) + head + payload
 
 
-def _fails(data: object, budget_s: float = 1.0, **kwargs: Any) -> BlobError:
-    """Decode must raise BlobError (nothing else), within `budget_s`."""
-    start = time.perf_counter()
-    try:
-        decode_blob(data, **kwargs)  # type: ignore[arg-type]
-    except BlobError as e:
-        elapsed = time.perf_counter() - start
-        assert elapsed < budget_s, f"rejection took {elapsed:.2f} s"
-        return e
+def _fails(data: object, *, materializes: bool = False, **kwargs: Any) -> BlobError:
+    """Decode must raise BlobError (nothing else) and, unless `materializes`, before it copies any tensor out of the
+    payload: structure, sizes and the checksum are checked first, so a hostile blob costs a header parse and one
+    hash, never allocations sized by what it declares. (A count of tensor loads, not a wall-clock budget: the
+    check means the same on a loaded machine.) `materializes=True` is for the content checks that can only run on
+    loaded tensors (positions, scales, zero points)."""
+    loads: list[str] = []
+    real_load = wire._load
+
+    def counting_load(view: memoryview, start: int, st_dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+        loads.append(st_dtype)
+        return real_load(view, start, st_dtype, shape)
+
+    with mock.patch.object(wire, "_load", counting_load):
+        try:
+            decode_blob(data, **kwargs)  # type: ignore[arg-type]
+        except BlobError as e:
+            if not materializes:
+                assert not loads, f"rejected only after loading {len(loads)} tensors: {e}"
+            return e
     raise AssertionError("decode_blob accepted invalid input")
 
 
@@ -344,9 +357,13 @@ SIGNED_EDITS: dict[str, Callable[[bytes], bytes]] = {
 }
 
 
+CHECKED_ON_LOADED_TENSORS = frozenset({"orig below a position"})
+"""Edits only the loaded positions can reveal (a position id beyond orig_seq_len lives in the payload)."""
+
+
 @pytest.mark.parametrize("name", sorted(SIGNED_EDITS))
 def test_signed_structural_edits_rejected(small_blob: bytes, name: str) -> None:
-    err = _fails(SIGNED_EDITS[name](small_blob))
+    err = _fails(SIGNED_EDITS[name](small_blob), materializes=name in CHECKED_ON_LOADED_TENSORS)
     assert not isinstance(err, BlobChecksumError), "structure must be validated independently of the checksum"
 
 
@@ -388,7 +405,7 @@ def test_signed_content_edits_rejected(small_blob: bytes) -> None:
         _payload_edit("k.1.scale", negative_scale),
         _payload_edit("v.1.zero", nan),
     ):
-        assert not isinstance(_fails(edit(small_blob)), BlobChecksumError)
+        assert not isinstance(_fails(edit(small_blob), materializes=True), BlobChecksumError)
 
 
 def test_duplicate_keys_rejected(small_blob: bytes) -> None:
@@ -426,13 +443,11 @@ def test_malformed_headers(text: bytes) -> None:
 
 # --- fuzzing ------------------------------------------------------------------------------------------------
 def test_every_truncation_and_appendix(small_blob: bytes) -> None:
-    start = time.perf_counter()
     for n in range(len(small_blob)):
-        _fails(small_blob[:n], budget_s=0.5)
+        _fails(small_blob[:n])
     rng = random.Random(5)
     for extra in (b"\x00", b" ", b"\x00" * 8, bytes(rng.randrange(256) for _ in range(100))):
         _fails(small_blob + extra)
-    assert time.perf_counter() - start < 15.0
 
 
 def test_every_single_bit_flip_of_the_header_and_a_sample_of_the_payload(small_blob: bytes) -> None:
@@ -443,10 +458,10 @@ def test_every_single_bit_flip_of_the_header_and_a_sample_of_the_payload(small_b
         for bit in range(8) if pos < 8 + n else (rng.randrange(8),):
             flipped = bytearray(small_blob)
             flipped[pos] ^= 1 << bit
-            _fails(bytes(flipped), budget_s=0.5)
+            _fails(bytes(flipped))
 
 
-@settings(max_examples=2000, deadline=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.binary(max_size=512))
 def test_fuzz_random_bytes(data: bytes) -> None:
     _fails(data)
@@ -459,7 +474,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     meta=st.dictionaries(
         st.sampled_from(["format", "version", "model", "num_layers", "seq_len", "orig_seq_len", "layers", "user"])
@@ -476,7 +491,7 @@ def test_fuzz_random_signed_headers(meta: dict[str, str], tensors: dict[str, Any
     _fails(_resign(header, payload))
 
 
-@settings(max_examples=600, deadline=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_fuzz_mutations_of_a_valid_blob(small_blob: bytes, data: st.DataObject) -> None:
     blob = bytearray(small_blob)

@@ -1,4 +1,4 @@
-"""CacheGen-style anchor/delta encoding of a KV cache, lossless entropy coding, and the statistics behind both.
+"""CacheGen-style anchor/delta encoding of a KV cache (the ``delta-int<b>`` codecs) and the statistics behind it.
 
 Kept as the baseline the source study refutes: CacheGen splits the tokens into groups of `group` consecutive
 tokens, keeps the first token of each group as the *anchor* and stores every other token as its difference from
@@ -15,13 +15,9 @@ F1 on Qwen2.5-7B). This module lets a user check that claim on any model with Sc
   deltas, per layer), plus the same ratio against the raw values' *within-channel* variance. The second number
   explains much of the first: most of a key tensor's variance is the spread of per-channel means (outlier
   channels), which a per-channel quantizer (KIVI) already absorbs without deltas.
-* Entropy coding: `compress_blob` / `decompress_blob` wrap any blob in one zstd frame (lossless, checked
-  against decompression bombs), and `code_entropy` gives the order-0 entropy of the quantized symbols, per
-  tensor and per channel (CacheGen's arithmetic coder models each channel and layer separately): the size an
-  ideal arithmetic/ANS coder with those models would reach, side tables excluded.
-
 A delta-encoded cache travels as two ordinary scout-kv blobs (anchors; deltas) in one small frame, so every
-byte is checked by the wire format's own validation and checksum.
+byte is checked by the wire format's own validation and checksum. Lossless entropy coding (zstd, and the ideal
+order-0 sizes CacheGen's arithmetic coder aims at) lives in `scout.codec.entropy`.
 """
 
 from __future__ import annotations
@@ -29,10 +25,22 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 
+from scout.codec.base import (
+    AXES,
+    Codec,
+    CodecSpecError,
+    Geometry,
+    Payload,
+    check_axes,
+    head_dim_of,
+    plan_bytes,
+    quant_spec,
+)
 from scout.codec.quant import (
     DTYPES,
     PLAN_BITS,
@@ -44,7 +52,6 @@ from scout.codec.quant import (
     dequantize_layer,
     layer_bits,
     quantize,
-    unpack_codes,
 )
 from scout.codec.wire import DEFAULT_MAX_BYTES, BlobError, decode_blob, encode_blob
 from scout.kvcache import KVCache
@@ -53,7 +60,6 @@ DEFAULT_GROUP = 10
 """CacheGen's default group length (and the study's)."""
 DELTA_MAGIC = b"SKVDELT1"
 """First 8 bytes of a delta frame: magic and frame version 1."""
-ZSTD_LEVEL = 3
 _META_PREFIX = "delta."
 
 
@@ -375,108 +381,52 @@ def _shape(t: LayerTensor) -> tuple[int, ...]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# lossless entropy coding
+# the codec
 # ----------------------------------------------------------------------------------------------------------------
-def compress_blob(blob: bytes | bytearray | memoryview, level: int = ZSTD_LEVEL) -> bytes:
-    """One zstd frame holding `blob`, with its content size (the decoder checks it before allocating)."""
-    import zstandard
+@dataclass(frozen=True)
+class DeltaCodec(Codec):
+    """``delta-int<b>[-token|-study][:group=G]``: raw anchors every `group` tokens, the other tokens' deltas from
+    their anchor quantized at `bits` on `axes` (the same quantizer as ``int<b>``, so the two compare only the
+    encoding)."""
 
-    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True).compress(bytes(blob))
+    family: ClassVar[str] = "delta"
+    bits: int
+    axes: str = "kivi"
+    group: int = DEFAULT_GROUP
 
-
-def decompress_blob(data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """Inverse of `compress_blob`. Refuses frames without a declared size, larger than `max_bytes`, or with
-    trailing bytes (BlobError), so a small hostile frame cannot make the decoder allocate gigabytes."""
-    import zstandard
-
-    raw = bytes(data)
-    try:
-        size = zstandard.frame_content_size(raw)
-    except zstandard.ZstdError as e:
-        raise BlobError(f"not a zstd frame: {e}") from None
-    if size < 0:
-        raise BlobError("zstd frame does not declare its content size")
-    if size > max_bytes:
-        raise BlobError(f"zstd frame declares {size} bytes, over the limit of {max_bytes}")
-    try:
-        out = zstandard.ZstdDecompressor().decompress(raw, max_output_size=max_bytes, allow_extra_data=False)
-    except zstandard.ZstdError as e:
-        raise BlobError(f"corrupt zstd frame: {e}") from None
-    if len(out) != size:
-        raise BlobError("zstd frame content size mismatch")
-    return out
-
-
-@dataclass
-class EntropyReport:
-    """Sizes of a quantized cache's payload under ideal order-0 entropy coding of its code symbols.
-
-    side_bytes (fp16 scales and zero points, raw 16-bit tensors) are counted as stored; only the codes are
-    entropy-coded. `per_tensor`: one symbol model per K/V tensor of a layer; `per_channel`: one model per
-    (head, channel) of each tensor, as CacheGen's coder groups its symbols. Model tables are not counted.
-    """
-
-    code_bytes: int
-    side_bytes: int
-    per_tensor_bytes: int
-    per_channel_bytes: int
-    symbols: int
+    def __post_init__(self) -> None:
+        if self.bits not in QUANT_BITS:
+            raise CodecSpecError(f"delta codecs take {sorted(QUANT_BITS)} bits, got {self.bits!r}")
+        check_axes(self.axes)
+        try:
+            _check_group(self.group)
+        except ValueError as e:
+            raise CodecSpecError(str(e)) from None
 
     @property
-    def payload_bytes(self) -> int:
-        return self.code_bytes + self.side_bytes
+    def spec(self) -> str:
+        group = f":group={self.group}" if self.group != DEFAULT_GROUP else ""
+        return f"delta-int{self.bits}{AXES[self.axes]}{group}"
 
-    def to_json(self) -> dict[str, int | float]:
-        return {
-            "payload_bytes": self.payload_bytes,
-            "code_bytes": self.code_bytes,
-            "side_bytes": self.side_bytes,
-            "entropy_per_tensor_bytes": self.per_tensor_bytes,
-            "entropy_per_channel_bytes": self.per_channel_bytes,
-            "symbols": self.symbols,
-            "bits_per_symbol_per_tensor": 8 * (self.per_tensor_bytes - self.side_bytes) / max(self.symbols, 1),
-            "bits_per_symbol_per_channel": 8 * (self.per_channel_bytes - self.side_bytes) / max(self.symbols, 1),
-        }
+    def quant_spec(self, head_dim: int) -> QuantSpec:
+        return quant_spec(self.bits, self.axes, head_dim)
 
+    def encode(self, kv: KVCache) -> DeltaCache:
+        return delta_encode(kv, group=self.group, bits=self.bits, spec=self.quant_spec(head_dim_of(kv)))
 
-def _entropy_bits(counts: torch.Tensor) -> torch.Tensor:
-    """Sum over rows of n_row * H(row) in bits, for a [rows, symbols] count matrix."""
-    counts = counts.double()
-    n = counts.sum(-1, keepdim=True)
-    p = torch.where(counts > 0, counts / n.clamp_min(1), 1.0)
-    return -(counts * torch.log2(p)).sum()
+    def decode(self, payload: DeltaCache) -> KVCache:  # type: ignore[override]
+        return delta_decode(payload)
 
+    def _write_blob(self, payload: Payload, fingerprint: str, meta: dict[str, str], orig: int | None) -> bytes:
+        if not isinstance(payload, DeltaCache):
+            raise TypeError(f"a delta codec sends a DeltaCache, got {type(payload).__name__}")
+        dc = payload if orig is None else replace(payload, original_seq_len=orig)
+        return encode_delta_blob(dc, model_fingerprint=fingerprint, meta=meta)
 
-def _tensor_entropy(q: QuantizedTensor) -> tuple[float, float]:
-    heads, seq, dim = q.shape
-    levels = 1 << q.bits
-    codes = unpack_codes(q.codes, q.bits, heads * seq * dim).view(heads, seq, dim).long()
-    whole = torch.bincount(codes.reshape(-1), minlength=levels).unsqueeze(0)
-    channel_id = (torch.arange(heads).view(heads, 1, 1) * dim + torch.arange(dim).view(1, 1, dim)).expand_as(codes)
-    per_channel = torch.bincount((channel_id * levels + codes).reshape(-1), minlength=heads * dim * levels)
-    return float(_entropy_bits(whole)), float(_entropy_bits(per_channel.view(heads * dim, levels)))
+    def _read_blob(self, data: bytes | bytearray | memoryview, fingerprint: str | None, max_bytes: int) -> DeltaCache:
+        return decode_delta_blob(data, expected_fingerprint=fingerprint, max_bytes=max_bytes)
 
-
-def code_entropy(cache: QuantizedCache | DeltaCache) -> EntropyReport:
-    """Order-0 entropy of the code symbols of every quantized tensor (see EntropyReport)."""
-    caches = [cache.anchors, cache.deltas] if isinstance(cache, DeltaCache) else [cache]
-    code = side = symbols = 0
-    bits_tensor = bits_channel = 0.0
-    for qc in caches:
-        for t in (*qc.keys, *qc.values):
-            if isinstance(t, QuantizedTensor):
-                code += t.codes.numel()
-                side += t.nbytes() - t.codes.numel()
-                symbols += math.prod(t.shape)
-                bt, bc = _tensor_entropy(t)
-                bits_tensor += math.ceil(bt / 8) * 8
-                bits_channel += math.ceil(bc / 8) * 8
-            else:
-                side += t.numel() * t.element_size()
-    return EntropyReport(
-        code_bytes=code,
-        side_bytes=side,
-        per_tensor_bytes=side + int(bits_tensor // 8),
-        per_channel_bytes=side + int(bits_channel // 8),
-        symbols=symbols,
-    )
+    def size_bytes(self, geometry: Geometry, seq: int) -> int:
+        anchors = -(-seq // self.group)
+        spec = self.quant_spec(geometry.head_dim)
+        return plan_bytes(geometry, anchors, 16, spec) + plan_bytes(geometry, seq - anchors, self.bits, spec)

@@ -105,6 +105,11 @@ class QuantSpec:
             raise ValueError(f"QuantSpec: symmetric must be a bool, got {self.symmetric!r}")
 
 
+def study_spec(bits: int, head_dim: int) -> QuantSpec:
+    """The source study's quantizer: per-token symmetric absmax over the whole head_dim, keys and values alike."""
+    return QuantSpec(bits, axis_k="token", axis_v="token", group_size=head_dim, symmetric=True)
+
+
 @dataclass(frozen=True)
 class BitPlan:
     """Bits per layer: `default` everywhere except `overrides` (layer index -> bits). 16 keeps a layer raw.
