@@ -21,8 +21,25 @@ from typing import Any
 import torch
 
 
+class LayeredCache:
+    """The geometry every per-layer cache of one sequence shares: one entry per layer in ``keys`` and the original
+    position id of every cached token in ``positions``. `KVCache` and the codec's quantized cache both read their
+    layer count and length this way, so the two can never disagree on what a layer or a token is."""
+
+    keys: Sequence[Any]
+    positions: torch.Tensor
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.keys)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.positions.shape[0])
+
+
 @dataclass
-class KVCache:
+class KVCache(LayeredCache):
     """Per-layer K and V for one sequence, plus the original position id of every cached token."""
 
     keys: list[torch.Tensor]
@@ -45,15 +62,7 @@ class KVCache:
             if k.shape[0] != v.shape[0]:
                 raise ValueError(f"KVCache: layer {i} key/value head counts differ")
 
-    # --- geometry -------------------------------------------------------------------------------------------
-    @property
-    def num_layers(self) -> int:
-        return len(self.keys)
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.positions.shape[0])
-
+    # --- geometry (num_layers, seq_len: `LayeredCache`) -----------------------------------------------------
     @property
     def next_position(self) -> int:
         """Position id the next generated/fed token takes: one past the largest original position."""

@@ -55,12 +55,9 @@ def _em_one(prediction: str, gold: str, norm: Normalizer) -> float:
     return float(norm(prediction) == norm(gold))
 
 
-def _f1_one(prediction: str, gold: str, norm: Normalizer) -> float:
-    """Token-level F1 as in the SQuAD v2 script: if either side has no tokens, 1 iff both have none."""
-    pred_tokens = norm(prediction).split()
-    gold_tokens = norm(gold).split()
-    if not pred_tokens or not gold_tokens:
-        return float(pred_tokens == gold_tokens)
+def _overlap_f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
+    """Harmonic mean of token precision and recall over the multiset overlap; 0 when nothing overlaps. The SQuAD
+    and HotpotQA scripts share this core and differ only in how they treat empty and yes/no answers first."""
     common = Counter(pred_tokens) & Counter(gold_tokens)
     overlap = sum(common.values())
     if overlap == 0:
@@ -68,6 +65,15 @@ def _f1_one(prediction: str, gold: str, norm: Normalizer) -> float:
     precision = overlap / len(pred_tokens)
     recall = overlap / len(gold_tokens)
     return 2 * precision * recall / (precision + recall)
+
+
+def _f1_one(prediction: str, gold: str, norm: Normalizer) -> float:
+    """Token-level F1 as in the SQuAD v2 script: if either side has no tokens, 1 iff both have none."""
+    pred_tokens = norm(prediction).split()
+    gold_tokens = norm(gold).split()
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    return _overlap_f1(pred_tokens, gold_tokens)
 
 
 ABSTENTIONS: frozenset[str] = frozenset(
@@ -162,13 +168,7 @@ def _hotpot_f1_one(prediction: str, gold: str) -> float:
         return 0.0
     pred_tokens = norm_pred.split()
     gold_tokens = norm_gold.split()
-    common = Counter(pred_tokens) & Counter(gold_tokens)
-    overlap = sum(common.values())
-    if overlap == 0:
-        return 0.0
-    precision = overlap / len(pred_tokens)
-    recall = overlap / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
+    return _overlap_f1(pred_tokens, gold_tokens)
 
 
 def hotpot_scores(prediction: str, answers: Sequence[str]) -> dict[str, float]:

@@ -30,6 +30,20 @@ async def _echo_roundtrip(bus: NatsBus, subject: str) -> None:
     await sub.stop()
 
 
+async def _collect_work(bus: NatsBus, ns: str, stream: str) -> tuple[WorkQueueSpec, list[bytes]]:
+    """A work queue on ``<ns>.work`` and a consumer on ``bus`` that appends each item's data to the returned list
+    (the item is acked when the handler returns)."""
+    spec = WorkQueueSpec(stream=stream, subjects=(f"{ns}.work",), durable="w", ack_wait_s=1)
+    await bus.ensure_work_queue(spec)
+    got: list[bytes] = []
+
+    async def handle(item: WorkItem) -> None:
+        got.append(item.data)
+
+    await bus.consume(spec, handle)
+    return spec, got
+
+
 async def test_user_password_from_settings(nats_auth: AuthNats, env_clean: pytest.MonkeyPatch, ns: str) -> None:
     settings = Settings(
         nats_url=SecretStr(nats_auth.url), nats_user=nats_auth.user, nats_password=SecretStr(nats_auth.password)
@@ -37,14 +51,7 @@ async def test_user_password_from_settings(nats_auth: AuthNats, env_clean: pytes
     bus = await NatsBus.connect(settings, name="auth-ok", poll_s=0.2)
     try:
         await _echo_roundtrip(bus, f"{ns}.echo")
-        spec = WorkQueueSpec(stream=f"A_{ns}", subjects=(f"{ns}.work",), durable="w", ack_wait_s=1)
-        await bus.ensure_work_queue(spec)
-        got: list[bytes] = []
-
-        async def handle(item: WorkItem) -> None:
-            got.append(item.data)
-
-        await bus.consume(spec, handle)
+        spec, got = await _collect_work(bus, ns, f"A_{ns}")
         await bus.enqueue(f"{ns}.work", b"job", msg_id="j1")
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
@@ -169,14 +176,7 @@ async def test_reconnects_after_server_restart(env_clean: pytest.MonkeyPatch, ns
             await msg.respond(msg.data)
 
         await service.subscribe(f"{ns}.echo", echo)
-        spec = WorkQueueSpec(stream=f"R_{ns}", subjects=(f"{ns}.work",), durable="w", ack_wait_s=1)
-        await service.ensure_work_queue(spec)
-        jobs: list[bytes] = []
-
-        async def handle(item: WorkItem) -> None:
-            jobs.append(item.data)
-
-        await service.consume(spec, handle)
+        _, jobs = await _collect_work(service, ns, f"R_{ns}")
         await client.enqueue(f"{ns}.work", b"queued before the restart", msg_id="before")
         assert (await client.request(f"{ns}.echo", b"before", timeout_s=2)).data == b"before"
         await eventually(lambda: jobs == [b"queued before the restart"])

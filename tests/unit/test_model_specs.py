@@ -25,6 +25,23 @@ def _spec(layers: int, heads: int, kv_heads: int, hidden: int) -> ModelSpec:
     return ModelSpec.from_config(cfg, name="x", source="x")
 
 
+def _register_parts_model(
+    monkeypatch: pytest.MonkeyPatch, alias: str, part_module: str, part_count: int, *, pip: str, sha256: str
+) -> OfflineModel:
+    """An offline model split over ``part_count`` part packages ``<part_module>1..N``, known for this test only."""
+    fake = OfflineModel(
+        alias=alias,
+        upstream="x/y",
+        gguf_name=f"{alias}.gguf",
+        sha256=sha256,
+        pip=pip,
+        part_module=part_module,
+        part_count=part_count,
+    )
+    monkeypatch.setitem(models.OFFLINE_MODELS, alias, fake)
+    return fake
+
+
 def test_kv_bytes_per_token_matches_known_models() -> None:
     # Qwen2.5-7B: 28 layers, 28 heads, 4 KV heads, head dim 128 -> 57,344 B/token in bf16 (DESIGN.md)
     assert _spec(28, 28, 4, 3584).kv_bytes_per_token() == 57_344
@@ -47,16 +64,9 @@ def test_unknown_names_give_one_line_errors() -> None:
 
 
 def test_missing_part_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = OfflineModel(
-        alias="fake",
-        upstream="x/y",
-        gguf_name="f.gguf",
-        sha256="0" * 64,
-        pip="pip install fake-part{1..3}==1.0",
-        part_module="scout_fake_part_pkg",
-        part_count=3,
+    _register_parts_model(
+        monkeypatch, "fake", "scout_fake_part_pkg", 3, pip="pip install fake-part{1..3}==1.0", sha256="0" * 64
     )
-    monkeypatch.setitem(models.OFFLINE_MODELS, "fake", fake)
     with pytest.raises(ModelNotAvailable) as exc:
         models.prepare("fake")
     msg = str(exc.value)
@@ -82,16 +92,7 @@ def test_parts_are_joined_in_numeric_order_and_checksum_is_enforced(
     monkeypatch.syspath_prepend(str(pkg_root))
     monkeypatch.setenv("SCOUT_CACHE", str(tmp_path / "cache"))
     right = hashlib.sha256(b"".join(chunks)).hexdigest()
-    fake = OfflineModel(
-        alias="order",
-        upstream="x/y",
-        gguf_name="o.gguf",
-        sha256="f" * 64,
-        pip="pip install x",
-        part_module="scout_order_part",
-        part_count=11,
-    )
-    monkeypatch.setitem(models.OFFLINE_MODELS, "order", fake)
+    fake = _register_parts_model(monkeypatch, "order", "scout_order_part", 11, pip="pip install x", sha256="f" * 64)
     paths = models._part_paths(fake)
     assert [p.name for p in paths] == [f"scout_order_part{i}.bin" for i in range(1, 12)]
     assert models._sha256_files(paths) == right

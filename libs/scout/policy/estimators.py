@@ -123,12 +123,11 @@ class EWMA(_Base):
         return self.prior_bps if self._value is None else self._value
 
 
-class HarmonicMean(_Base):
-    """Harmonic mean of the last ``k`` samples, ``k / sum(1 / x_i)``; 0 if any of them is 0."""
+class _Windowed(_Base):
+    """An estimator over the last ``k`` samples only: old samples fall out of the window, so a link that changed
+    is believed after ``k`` samples whatever came before."""
 
-    name = "harmonic"
-
-    def __init__(self, k: int = 5, prior_bps: float = 0.0) -> None:
+    def __init__(self, k: int, prior_bps: float = 0.0) -> None:
         super().__init__(prior_bps)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -137,6 +136,15 @@ class HarmonicMean(_Base):
 
     def update(self, t: float, rate_bps: float) -> None:
         self._window.append(self._accept(t, rate_bps))
+
+
+class HarmonicMean(_Windowed):
+    """Harmonic mean of the last ``k`` samples, ``k / sum(1 / x_i)``; 0 if any of them is 0."""
+
+    name = "harmonic"
+
+    def __init__(self, k: int = 5, prior_bps: float = 0.0) -> None:
+        super().__init__(k, prior_bps)
 
     def estimate(self) -> float:
         if not self._window:
@@ -146,23 +154,16 @@ class HarmonicMean(_Base):
         return len(self._window) / sum(1.0 / x for x in self._window)
 
 
-class LowQuantile(_Base):
+class LowQuantile(_Windowed):
     """The ``q`` quantile (linear interpolation, numpy's default) of the last ``k`` samples: a cautious estimate."""
 
     name = "quantile"
 
     def __init__(self, q: float = 0.1, k: int = 20, prior_bps: float = 0.0) -> None:
-        super().__init__(prior_bps)
         if not 0 <= q <= 1:
             raise ValueError(f"q must be in [0, 1], got {q}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        super().__init__(k, prior_bps)
         self.q = float(q)
-        self.k = int(k)
-        self._window: deque[float] = deque(maxlen=self.k)
-
-    def update(self, t: float, rate_bps: float) -> None:
-        self._window.append(self._accept(t, rate_bps))
 
     def estimate(self) -> float:
         if not self._window:

@@ -27,14 +27,13 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from scout.channel.process import BandwidthProcess
 from scout.policy.operating_points import OperatingPoint, OperatingPointTable
-from scout.policy.plans import Plan, PlanRequest
+from scout.policy.plans import JsonDocument, Plan, PlanRequest
 
 __all__ = [
     "DEADLINE_SLACK_S",
@@ -87,8 +86,8 @@ class ModeStages(BaseModel):
         return self.decode.at(context_tokens) + self.generate.at(context_tokens)
 
 
-class StageTimes(BaseModel):
-    """Stage timings per mode for one model pair (measured by ``scout bench``; JSON)."""
+class StageTimes(JsonDocument):
+    """Stage timings per mode for one model pair (measured by ``scout bench``; JSON via `load` / `save`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -96,16 +95,6 @@ class StageTimes(BaseModel):
     model_pair: str
     source: str = ""
     modes: dict[str, ModeStages]
-
-    @classmethod
-    def load(cls, path: str | Path) -> StageTimes:
-        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        return path
 
     @classmethod
     def transfer_only(cls, model_pair: str, modes: Collection[str]) -> StageTimes:

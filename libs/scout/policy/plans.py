@@ -13,7 +13,8 @@ Imports stay light (pydantic only): the runtime imports this module and must not
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from pathlib import Path
+from typing import Annotated, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +27,7 @@ __all__ = [
     "MODES",
     "CloudMode",
     "ContextTokens",
+    "JsonDocument",
     "KVMode",
     "Mode",
     "Plan",
@@ -57,6 +59,23 @@ _MODE_PLANS = {"full": "bf16", "int8": "int8", "int4": "int4", "scout": "positio
 
 ContextTokens = Annotated[int, Field(ge=0, le=MAX_CONTEXT_TOKENS)]
 """Tokens of the document context (what selection keeps positions of)."""
+
+
+class JsonDocument(BaseModel):
+    """A model that is also a file: what the planner plans with (stage times, operating-point tables) is measured
+    once (``scout bench``, ``scout eval``), written as indented JSON that diffs well under ``reports/``, and read back
+    validated. One pair of methods, so every such file is read and written the same way (UTF-8, final newline)."""
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON (creating folders); returns the path written."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
 
 
 class PlanRequest(BaseModel):

@@ -91,16 +91,7 @@ def _transfer_s(nbytes: int, bandwidth_bps: float) -> float:
 
 
 def forced_plan(
-    policy: PolicyConfig,
-    *,
-    mode: str,
-    retention: float | None,
-    context_tokens: int,
-    deadline_s: float,
-    bandwidth_bps: float,
-    model_pair: str | None = None,
-    request_id: str = "",
-    extra_tokens: int = 0,
+    policy: PolicyConfig, request: PlanRequest, bandwidth_bps: float, *, mode: str, retention: float | None = None
 ) -> Plan:
     """The plan for a mode the request forces: sized, timed at the estimated rate, judged against the deadline."""
     if mode not in MODES:
@@ -108,12 +99,13 @@ def forced_plan(
     r = policy.default_retention(mode) if retention is None else float(retention)
     if mode in ("text", "local"):
         r = 1.0
-    nbytes = policy.size_bytes(mode, context_tokens, r, extra_tokens) or 0
+    context_tokens, deadline_s = request.context_tokens, request.deadline_s
+    nbytes = policy.size_bytes(mode, context_tokens, r, request.extra_tokens) or 0
     bit_plan = bit_plan_for(mode, policy.mixed_plan)
-    quality, compute, pair = math.nan, 0.0, model_pair or ""
+    quality, compute, pair = math.nan, 0.0, request.model_pair or ""
     if policy.table is not None:
         try:
-            point = policy.table.get(mode, r, model_pair)
+            point = policy.table.get(mode, r, request.model_pair)
             quality, pair, bit_plan = policy.table.relative_quality(point), point.model_pair, point.plan or bit_plan
         except (KeyError, ValueError):
             pass
@@ -124,7 +116,7 @@ def forced_plan(
     total = compute + transfer
     feasible = total <= deadline_s
     return Plan(
-        request_id=request_id,
+        request_id=request.request_id,
         model_pair=pair,
         mode=mode,
         retention=r,
@@ -143,16 +135,7 @@ def forced_plan(
     )
 
 
-def threshold_plan(
-    policy: PolicyConfig,
-    *,
-    context_tokens: int,
-    deadline_s: float,
-    bandwidth_bps: float,
-    model_pair: str | None = None,
-    request_id: str = "",
-    extra_tokens: int = 0,
-) -> Plan:
+def threshold_plan(policy: PolicyConfig, request: PlanRequest, bandwidth_bps: float) -> Plan:
     """The rule used until an operating-point table is configured (same `Plan` interface as the planner).
 
     The transfer may take ``transfer_fraction`` of the remaining deadline. The first of ``threshold_modes``
@@ -161,13 +144,14 @@ def threshold_plan(
     context length and the deadline. Below int4's threshold: ``scout`` at ``scout_retention`` (hundreds of
     bytes). No uplink at all (rate 0): ``local``. Expected quality is unknown without a table (NaN).
     """
+    context_tokens, deadline_s = request.context_tokens, request.deadline_s
     budget = policy.transfer_fraction * deadline_s
 
     def plan_for(mode: str, retention: float, nbytes: int, fallback: bool, why: str) -> Plan:
         transfer = _transfer_s(nbytes, bandwidth_bps)
         return Plan(
-            request_id=request_id,
-            model_pair=model_pair or "",
+            request_id=request.request_id,
+            model_pair=request.model_pair or "",
             mode=mode,
             retention=retention,
             point=mode if retention == 1.0 else f"{mode}@{retention:g}",
@@ -190,7 +174,7 @@ def threshold_plan(
     for mode in policy.threshold_modes:
         if mode not in policy.sizes:
             continue
-        nbytes = policy.sizes[mode][1].size_bytes(context_tokens, 1.0, extra_tokens)
+        nbytes = policy.sizes[mode][1].size_bytes(context_tokens, 1.0, request.extra_tokens)
         if _transfer_s(nbytes, bandwidth_bps) <= budget:
             return plan_for(mode, 1.0, nbytes, False, f"{mode} ({nbytes} B) crosses {rate} within {budget:.3f} s")
     r = policy.scout_retention
@@ -219,27 +203,18 @@ def plan_request(
     hand-off cache's tokens outside the context (``prompt_tokens - 1 - context_tokens``), sent in full by KV
     modes; without them a plan under-sizes every KV transfer by the instruction and the question.
     """
-    remaining = max(deadline_s - elapsed_s, 1e-3)
-    common = {
-        "context_tokens": context_tokens,
-        "deadline_s": remaining,
-        "bandwidth_bps": bandwidth_bps,
-        "extra_tokens": extra_tokens,
-    }
+    request = PlanRequest(
+        context_tokens=context_tokens,
+        deadline_s=max(deadline_s - elapsed_s, 1e-3),
+        model_pair=model_pair,
+        request_id=request_id,
+        extra_tokens=extra_tokens,
+    )
     if mode is not None:
-        return forced_plan(
-            policy, mode=mode, retention=retention, model_pair=model_pair, request_id=request_id, **common
-        )
+        return forced_plan(policy, request, bandwidth_bps, mode=mode, retention=retention)
     if policy.table is not None:
         pair = policy.table.resolve_pair(model_pair)
         modes = {p.mode for p in policy.table.for_pair(pair)}
         stages = policy.stages or StageTimes.transfer_only(pair, modes)
-        request = PlanRequest(
-            context_tokens=context_tokens,
-            deadline_s=remaining,
-            model_pair=pair,
-            request_id=request_id,
-            extra_tokens=extra_tokens,
-        )
-        return plan(request, bandwidth_bps, policy.table, stages)
-    return threshold_plan(policy, model_pair=model_pair, request_id=request_id, **common)
+        return plan(request.model_copy(update={"model_pair": pair}), bandwidth_bps, policy.table, stages)
+    return threshold_plan(policy, request, bandwidth_bps)

@@ -338,6 +338,21 @@ class Bus(ABC):
 
     name: str = "bus"
 
+    def _check_send(self, subject: str) -> None:  # noqa: B027 (an optional hook, empty on purpose)
+        """What a bus checks before it sends to ``subject`` beyond size and headers (the in-process bus: that it
+        is open and that the subject is valid); nothing by default, as NATS itself rejects a bad subject."""
+
+    def _outgoing(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None
+    ) -> tuple[bytes, dict[str, str] | None]:
+        """The body and headers as they will be sent, checked the same way by every bus and every kind of send
+        (publish, request, enqueue), so an oversized or malformed message fails before it reaches the wire."""
+        self._check_send(subject)
+        body = as_bytes(data)
+        hdrs = normalize_headers(headers)
+        check_payload(body, hdrs, self.max_payload)
+        return body, hdrs
+
     @property
     @abstractmethod
     def max_payload(self) -> int:
@@ -372,7 +387,6 @@ class Bus(ABC):
     async def delete_work_queue(self, spec: WorkQueueSpec) -> None:
         """Delete the stream (and its consumer); missing is fine."""
 
-    @abstractmethod
     async def enqueue(
         self,
         subject: str,
@@ -382,7 +396,16 @@ class Bus(ABC):
         msg_id: str | None = None,
         timeout_s: float = 5.0,
     ) -> EnqueueResult:
-        """Persist a work message (waits for the stream's acknowledgement). ``msg_id`` deduplicates retries."""
+        """Persist a work message (waits for the stream's acknowledgement). ``msg_id`` deduplicates retries: it
+        travels as the ``Nats-Msg-Id`` header, so it counts against ``max_payload`` like any other header."""
+        data, hdrs = self._outgoing(subject, data, {**(headers or {}), **({MSG_ID_HEADER: msg_id} if msg_id else {})})
+        return await self._enqueue(subject, data, hdrs, msg_id, timeout_s)
+
+    @abstractmethod
+    async def _enqueue(
+        self, subject: str, data: bytes, hdrs: dict[str, str] | None, msg_id: str | None, timeout_s: float
+    ) -> EnqueueResult:
+        """`enqueue` once the message passed `_outgoing`; ``hdrs`` already carry ``msg_id``."""
 
     @abstractmethod
     async def consume(self, spec: WorkQueueSpec, handler: WorkHandler, *, concurrency: int = 1) -> Subscription:

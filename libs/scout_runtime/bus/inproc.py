@@ -14,26 +14,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from scout_runtime.bus.base import (
-    DEFAULT_MAX_PAYLOAD,
-    MSG_ID_HEADER,
-    Bus,
-    EnqueueResult,
-    Handler,
-    Msg,
-    QueueStats,
-    Runner,
-    Subscription,
-    WorkHandler,
-    WorkItem,
-    WorkQueueSpec,
-    as_bytes,
-    call_handler,
-    call_work_handler,
-    check_payload,
-    message_size,
-    normalize_headers,
-)
+from scout_runtime.bus import base
 from scout_runtime.errors import BadRequest, BusClosed, NoResponders, PayloadTooLarge, Timeout
 
 log = logging.getLogger(__name__)
@@ -62,13 +43,13 @@ def _check_subject(subject: str, *, wildcards: bool) -> None:
 
 
 @dataclass(eq=False)
-class _LocalSub(Subscription):
+class _LocalSub(base.Subscription):
     bus: InProcessBus
     pattern: str
     queue: str | None
-    handler: Handler
-    runner: Runner
-    inbox: asyncio.Queue[Msg] = field(default_factory=asyncio.Queue)
+    handler: base.Handler
+    runner: base.Runner
+    inbox: asyncio.Queue[base.Msg] = field(default_factory=asyncio.Queue)
     pump: asyncio.Task[None] | None = None
     active: bool = True
 
@@ -79,7 +60,7 @@ class _LocalSub(Subscription):
         while True:
             msg = await self.inbox.get()
             await self.runner.acquire()
-            self.runner.start(call_handler(self.handler, msg))
+            self.runner.start(base.call_handler(self.handler, msg))
 
     def _detach(self) -> None:
         self.active = False
@@ -122,7 +103,7 @@ class _Entry:
 class _LocalStream:
     """A work-queue stream with its one durable consumer (in-process)."""
 
-    def __init__(self, spec: WorkQueueSpec) -> None:
+    def __init__(self, spec: base.WorkQueueSpec) -> None:
         self.spec = spec
         self.entries: dict[int, _Entry] = {}
         self.ready: asyncio.Queue[_Entry] = asyncio.Queue()
@@ -170,7 +151,7 @@ class _LocalStream:
         self.entries.clear()
 
 
-class _LocalWorkItem(WorkItem):
+class _LocalWorkItem(base.WorkItem):
     def __init__(self, stream: _LocalStream, entry: _Entry) -> None:
         super().__init__()
         self._stream = stream
@@ -211,11 +192,11 @@ class _LocalWorkItem(WorkItem):
 
 
 @dataclass(eq=False)
-class _LocalConsumer(Subscription):
+class _LocalConsumer(base.Subscription):
     bus: InProcessBus
     stream: _LocalStream
-    handler: WorkHandler
-    runner: Runner
+    handler: base.WorkHandler
+    runner: base.Runner
     loop_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -238,7 +219,7 @@ class _LocalConsumer(Subscription):
             entry.inflight = True
             stream.arm(entry)
             item = _LocalWorkItem(stream, entry)
-            self.runner.start(call_work_handler(self.handler, item, stream.spec.nak_delay_s))
+            self.runner.start(base.call_work_handler(self.handler, item, stream.spec.nak_delay_s))
 
     def _detach(self) -> None:
         self.stream.consumers.discard(self)
@@ -264,7 +245,7 @@ class _LocalConsumer(Subscription):
 class InProcessBroker:
     """The shared state of in-process buses: what a nats-server is to NATS clients."""
 
-    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+    def __init__(self, max_payload: int = base.DEFAULT_MAX_PAYLOAD) -> None:
         self.max_payload = max_payload
         self.subs: set[_LocalSub] = set()
         self.streams: dict[str, _LocalStream] = {}
@@ -283,7 +264,7 @@ def named_broker(name: str) -> InProcessBroker:
     return _BROKERS[name]
 
 
-class InProcessBus(Bus):
+class InProcessBus(base.Bus):
     """A client of an `InProcessBroker`; several clients of one broker behave like NATS connections to one server."""
 
     def __init__(self, broker: InProcessBroker | None = None, *, name: str = "inproc") -> None:
@@ -305,6 +286,10 @@ class InProcessBus(Bus):
         if self._closed:
             raise BusClosed("the in-process bus client is closed")
 
+    def _check_send(self, subject: str) -> None:
+        self._check_open()
+        _check_subject(subject, wildcards=False)
+
     def _route(self, subject: str, data: bytes, headers: dict[str, str] | None, reply: str | None) -> int:
         matches = [s for s in self.broker.subs if s.active and subject_matches(s.pattern, subject)]
         groups: dict[str, list[_LocalSub]] = {}
@@ -316,33 +301,25 @@ class InProcessBus(Bus):
                 targets.append(sub)
         targets += [random.choice(members) for members in groups.values()]
         for sub in targets:
-            sub.inbox.put_nowait(Msg(subject, data, dict(headers or {}), reply, sub.bus))
+            sub.inbox.put_nowait(base.Msg(subject, data, dict(headers or {}), reply, sub.bus))
         return len(targets)
 
     async def publish(self, subject: str, data: bytes, headers: Mapping[str, str] | None = None) -> None:
-        self._check_open()
-        _check_subject(subject, wildcards=False)
-        data = as_bytes(data)
-        hdrs = normalize_headers(headers)
-        check_payload(data, hdrs, self.max_payload)
+        data, hdrs = self._outgoing(subject, data, headers)
         self._route(subject, data, hdrs, None)
 
     async def request(
         self, subject: str, data: bytes, headers: Mapping[str, str] | None = None, timeout_s: float = 5.0
-    ) -> Msg:
-        self._check_open()
-        _check_subject(subject, wildcards=False)
-        data = as_bytes(data)
-        hdrs = normalize_headers(headers)
-        check_payload(data, hdrs, self.max_payload)
+    ) -> base.Msg:
+        data, hdrs = self._outgoing(subject, data, headers)
         inbox = f"{_INBOX}{uuid.uuid4().hex}"
-        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[base.Msg] = asyncio.get_running_loop().create_future()
 
-        async def on_reply(msg: Msg) -> None:
+        async def on_reply(msg: base.Msg) -> None:
             if not future.done():
-                future.set_result(Msg(msg.subject, msg.data, msg.headers, msg.reply, self))
+                future.set_result(base.Msg(msg.subject, msg.data, msg.headers, msg.reply, self))
 
-        sub = _LocalSub(self, inbox, None, on_reply, Runner(inbox, 1))
+        sub = _LocalSub(self, inbox, None, on_reply, base.Runner(inbox, 1))
         self.broker.subs.add(sub)
         sub.start()
         try:
@@ -356,17 +333,17 @@ class InProcessBus(Bus):
             await sub.abort()
 
     async def subscribe(
-        self, subject: str, handler: Handler, *, queue: str | None = None, concurrency: int = 1
-    ) -> Subscription:
+        self, subject: str, handler: base.Handler, *, queue: str | None = None, concurrency: int = 1
+    ) -> base.Subscription:
         self._check_open()
         _check_subject(subject, wildcards=True)
-        sub = _LocalSub(self, subject, queue or None, handler, Runner(subject, concurrency))
+        sub = _LocalSub(self, subject, queue or None, handler, base.Runner(subject, concurrency))
         self.broker.subs.add(sub)
         self.subs.add(sub)
         sub.start()
         return sub
 
-    async def ensure_work_queue(self, spec: WorkQueueSpec) -> None:
+    async def ensure_work_queue(self, spec: base.WorkQueueSpec) -> None:
         self._check_open()
         existing = self.broker.streams.get(spec.stream)
         if existing is None:
@@ -374,7 +351,7 @@ class InProcessBus(Bus):
         else:
             existing.spec = spec
 
-    async def delete_work_queue(self, spec: WorkQueueSpec) -> None:
+    async def delete_work_queue(self, spec: base.WorkQueueSpec) -> None:
         self._check_open()
         stream = self.broker.streams.pop(spec.stream, None)
         if stream is not None:
@@ -382,60 +359,51 @@ class InProcessBus(Bus):
                 await consumer.abort()
             stream.close()
 
-    async def enqueue(
-        self,
-        subject: str,
-        data: bytes,
-        *,
-        headers: Mapping[str, str] | None = None,
-        msg_id: str | None = None,
-        timeout_s: float = 5.0,
-    ) -> EnqueueResult:
-        self._check_open()
-        _check_subject(subject, wildcards=False)
-        data = as_bytes(data)
-        hdrs = normalize_headers({**(headers or {}), **({MSG_ID_HEADER: msg_id} if msg_id else {})})
-        check_payload(data, hdrs, self.max_payload)
+    async def _enqueue(
+        self, subject: str, data: bytes, hdrs: dict[str, str] | None, msg_id: str | None, timeout_s: float
+    ) -> base.EnqueueResult:
         stream = next(
             (s for s in self.broker.streams.values() if any(subject_matches(p, subject) for p in s.spec.subjects)),
             None,
         )
         if stream is None:
             raise NoResponders(f"no stream captures {subject!r}")
-        if 0 < stream.spec.max_msg_bytes < message_size(data, hdrs):
+        if 0 < stream.spec.max_msg_bytes < base.message_size(data, hdrs):
             raise PayloadTooLarge(f"message exceeds the stream's max_msg_bytes of {stream.spec.max_msg_bytes}")
         now = time.monotonic()
         if msg_id:
             stream.dedupe = {k: v for k, v in stream.dedupe.items() if v[0] > now}
             if msg_id in stream.dedupe:
-                return EnqueueResult(stream.spec.stream, stream.dedupe[msg_id][1], True)
+                return base.EnqueueResult(stream.spec.stream, stream.dedupe[msg_id][1], True)
         seq = next(stream.seq)
         if msg_id:
             stream.dedupe[msg_id] = (now + stream.spec.duplicate_window_s, seq)
         entry = _Entry(seq, subject, data, dict(hdrs or {}))
         stream.entries[seq] = entry
         stream.ready.put_nowait(entry)
-        return EnqueueResult(stream.spec.stream, seq, False)
+        return base.EnqueueResult(stream.spec.stream, seq, False)
 
-    async def consume(self, spec: WorkQueueSpec, handler: WorkHandler, *, concurrency: int = 1) -> Subscription:
+    async def consume(
+        self, spec: base.WorkQueueSpec, handler: base.WorkHandler, *, concurrency: int = 1
+    ) -> base.Subscription:
         self._check_open()
         stream = self.broker.streams.get(spec.stream)
         if stream is None:
             raise NoResponders(f"no work queue {spec.stream!r}; call ensure_work_queue first")
-        consumer = _LocalConsumer(self, stream, handler, Runner(spec.stream, concurrency))
+        consumer = _LocalConsumer(self, stream, handler, base.Runner(spec.stream, concurrency))
         stream.consumers.add(consumer)
         self.consumers.add(consumer)
         consumer.start()
         return consumer
 
-    async def queue_stats(self, spec: WorkQueueSpec) -> QueueStats:
+    async def queue_stats(self, spec: base.WorkQueueSpec) -> base.QueueStats:
         stream = self.broker.streams.get(spec.stream)
         if stream is None:
             raise NoResponders(f"no work queue {spec.stream!r}")
         inflight = sum(1 for e in stream.entries.values() if e.inflight)
-        return QueueStats(len(stream.entries) - inflight, inflight, stream.redelivered)
+        return base.QueueStats(len(stream.entries) - inflight, inflight, stream.redelivered)
 
-    def dead_letters(self, spec: WorkQueueSpec) -> list[tuple[int, bytes]]:
+    def dead_letters(self, spec: base.WorkQueueSpec) -> list[tuple[int, bytes]]:
         """(sequence, data) of messages that reached max_deliver (NATS reports these as advisories)."""
         stream = self.broker.streams.get(spec.stream)
         return [] if stream is None else [(e.seq, e.data) for e in stream.dead]
@@ -443,7 +411,7 @@ class InProcessBus(Bus):
     async def close(self, drain: bool = False) -> None:
         if self._closed:
             return
-        subs: list[Subscription] = [*self.subs, *self.consumers]
+        subs: list[base.Subscription] = [*self.subs, *self.consumers]
         for sub in subs:
             if drain:
                 await sub.stop()

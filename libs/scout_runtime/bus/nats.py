@@ -9,24 +9,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from scout_runtime.bus.base import (
-    MSG_ID_HEADER,
-    Bus,
-    EnqueueResult,
-    Handler,
-    Msg,
-    QueueStats,
-    Runner,
-    Subscription,
-    WorkHandler,
-    WorkItem,
-    WorkQueueSpec,
-    as_bytes,
-    call_handler,
-    call_work_handler,
-    check_payload,
-    normalize_headers,
-)
+from scout_runtime.bus import base
 from scout_runtime.errors import BadRequest, BusClosed, Forbidden, NoResponders, PayloadTooLarge, Timeout
 from scout_runtime.settings import Settings, redact_url
 
@@ -49,8 +32,8 @@ def _nats_tls(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-class _NatsWorkItem(WorkItem):
-    def __init__(self, msg: nats.aio.msg.Msg, spec: WorkQueueSpec, ack_timeout_s: float) -> None:
+class _NatsWorkItem(base.WorkItem):
+    def __init__(self, msg: nats.aio.msg.Msg, spec: base.WorkQueueSpec, ack_timeout_s: float) -> None:
         super().__init__()
         self._msg = msg
         meta = msg.metadata
@@ -85,8 +68,8 @@ class _NatsWorkItem(WorkItem):
         await self._settle(self._msg.in_progress, "in_progress")
 
 
-class _NatsSub(Subscription):
-    def __init__(self, sub: Any, runner: Runner) -> None:
+class _NatsSub(base.Subscription):
+    def __init__(self, sub: Any, runner: base.Runner) -> None:
         self._sub = sub
         self._runner = runner
 
@@ -105,10 +88,12 @@ class _NatsSub(Subscription):
         await self._runner.cancel()
 
 
-class _NatsConsumer(Subscription):
+class _NatsConsumer(base.Subscription):
     """Fetch loop over a pull subscription bound to the shared durable consumer."""
 
-    def __init__(self, bus: NatsBus, psub: Any, spec: WorkQueueSpec, handler: WorkHandler, runner: Runner) -> None:
+    def __init__(
+        self, bus: NatsBus, psub: Any, spec: base.WorkQueueSpec, handler: base.WorkHandler, runner: base.Runner
+    ) -> None:
         self._bus = bus
         self._psub = psub
         self._spec = spec
@@ -156,7 +141,7 @@ class _NatsConsumer(Subscription):
                     await msg.nak()
                 return
             item = _NatsWorkItem(msg, self._spec, self._bus.ack_timeout_s)
-            self._runner.start(call_work_handler(self._handler, item, self._spec.nak_delay_s))
+            self._runner.start(base.call_work_handler(self._handler, item, self._spec.nak_delay_s))
 
     async def _end(self, cancel_fetch: bool) -> None:
         import nats.errors
@@ -182,7 +167,7 @@ class _NatsConsumer(Subscription):
         await self._runner.cancel()
 
 
-class NatsBus(Bus):
+class NatsBus(base.Bus):
     """`Bus` over a nats-py connection (core NATS for control, JetStream for the work queue)."""
 
     def __init__(
@@ -277,9 +262,7 @@ class NatsBus(Bus):
 
     async def publish(self, subject: str, data: bytes, headers: Mapping[str, str] | None = None) -> None:
         errors = self._errors()
-        data = as_bytes(data)
-        hdrs = normalize_headers(headers)
-        check_payload(data, hdrs, self.max_payload)
+        data, hdrs = self._outgoing(subject, data, headers)
         try:
             await self.nc.publish(subject, data, headers=hdrs)
         except errors.BadSubjectError:
@@ -289,11 +272,9 @@ class NatsBus(Bus):
 
     async def request(
         self, subject: str, data: bytes, headers: Mapping[str, str] | None = None, timeout_s: float = 5.0
-    ) -> Msg:
+    ) -> base.Msg:
         errors = self._errors()
-        data = as_bytes(data)
-        hdrs = normalize_headers(headers)
-        check_payload(data, hdrs, self.max_payload)
+        data, hdrs = self._outgoing(subject, data, headers)
         try:
             reply = await self.nc.request(subject, data, timeout=timeout_s, headers=hdrs)
         except errors.NoRespondersError:
@@ -304,18 +285,18 @@ class NatsBus(Bus):
             raise BadRequest(f"invalid subject {subject[:80]!r}") from None
         except (errors.ConnectionClosedError, errors.OutboundBufferLimitError) as e:
             raise BusClosed(f"request to {subject!r} failed: {type(e).__name__}") from None
-        return Msg(reply.subject, reply.data, dict(reply.headers or {}), reply.reply or None, self)
+        return base.Msg(reply.subject, reply.data, dict(reply.headers or {}), reply.reply or None, self)
 
     async def subscribe(
-        self, subject: str, handler: Handler, *, queue: str | None = None, concurrency: int = 1
-    ) -> Subscription:
+        self, subject: str, handler: base.Handler, *, queue: str | None = None, concurrency: int = 1
+    ) -> base.Subscription:
         errors = self._errors()
-        runner = Runner(subject, concurrency)
+        runner = base.Runner(subject, concurrency)
 
         async def cb(m: nats.aio.msg.Msg) -> None:
-            msg = Msg(m.subject, m.data, dict(m.headers or {}), m.reply or None, self)
+            msg = base.Msg(m.subject, m.data, dict(m.headers or {}), m.reply or None, self)
             await runner.acquire()
-            runner.start(call_handler(handler, msg))
+            runner.start(base.call_handler(handler, msg))
 
         try:
             sub = await self.nc.subscribe(subject, queue=queue or "", cb=cb)
@@ -331,7 +312,7 @@ class NatsBus(Bus):
         self._subs.add(wrapped)
         return wrapped
 
-    async def ensure_work_queue(self, spec: WorkQueueSpec) -> None:
+    async def ensure_work_queue(self, spec: base.WorkQueueSpec) -> None:
         from nats.js import api
         from nats.js.errors import BadRequestError
 
@@ -366,27 +347,18 @@ class NatsBus(Bus):
         except self._errors().TimeoutError:
             raise Timeout("JetStream did not answer (is JetStream enabled on the server?)") from None
 
-    async def delete_work_queue(self, spec: WorkQueueSpec) -> None:
+    async def delete_work_queue(self, spec: base.WorkQueueSpec) -> None:
         from nats.js.errors import NotFoundError
 
         with contextlib.suppress(NotFoundError):
             await self.jsm.delete_stream(spec.stream)
 
-    async def enqueue(
-        self,
-        subject: str,
-        data: bytes,
-        *,
-        headers: Mapping[str, str] | None = None,
-        msg_id: str | None = None,
-        timeout_s: float = 5.0,
-    ) -> EnqueueResult:
+    async def _enqueue(
+        self, subject: str, data: bytes, hdrs: dict[str, str] | None, msg_id: str | None, timeout_s: float
+    ) -> base.EnqueueResult:
         from nats.js.errors import APIError, NoStreamResponseError
 
         errors = self._errors()
-        data = as_bytes(data)
-        hdrs = normalize_headers({**(headers or {}), **({MSG_ID_HEADER: msg_id} if msg_id else {})})
-        check_payload(data, hdrs, self.max_payload)
         try:
             ack = await self.js.publish(subject, data, timeout=timeout_s, headers=hdrs)
         except NoStreamResponseError:
@@ -399,9 +371,11 @@ class NatsBus(Bus):
             raise
         except (errors.ConnectionClosedError, errors.OutboundBufferLimitError) as e:
             raise BusClosed(f"enqueue to {subject!r} failed: {type(e).__name__}") from None
-        return EnqueueResult(ack.stream, int(ack.seq), bool(ack.duplicate))
+        return base.EnqueueResult(ack.stream, int(ack.seq), bool(ack.duplicate))
 
-    async def consume(self, spec: WorkQueueSpec, handler: WorkHandler, *, concurrency: int = 1) -> Subscription:
+    async def consume(
+        self, spec: base.WorkQueueSpec, handler: base.WorkHandler, *, concurrency: int = 1
+    ) -> base.Subscription:
         from nats.js.errors import NotFoundError
 
         try:
@@ -409,19 +383,21 @@ class NatsBus(Bus):
             await psub.consumer_info()
         except NotFoundError:
             raise NoResponders(f"no work queue {spec.stream!r}; call ensure_work_queue first") from None
-        consumer = _NatsConsumer(self, psub, spec, handler, Runner(spec.stream, concurrency))
+        consumer = _NatsConsumer(self, psub, spec, handler, base.Runner(spec.stream, concurrency))
         self._consumers.add(consumer)
         consumer.start()
         return consumer
 
-    async def queue_stats(self, spec: WorkQueueSpec) -> QueueStats:
+    async def queue_stats(self, spec: base.WorkQueueSpec) -> base.QueueStats:
         from nats.js.errors import NotFoundError
 
         try:
             info = await self.jsm.consumer_info(spec.stream, spec.durable)
         except NotFoundError:
             raise NoResponders(f"no work queue {spec.stream!r}") from None
-        return QueueStats(int(info.num_pending or 0), int(info.num_ack_pending or 0), int(info.num_redelivered or 0))
+        return base.QueueStats(
+            int(info.num_pending or 0), int(info.num_ack_pending or 0), int(info.num_redelivered or 0)
+        )
 
     async def close(self, drain: bool = False) -> None:
         if self.nc.is_closed:
