@@ -1,4 +1,8 @@
-"""Evaluation examples: one schema for SQuAD v2, TriviaQA, HotpotQA and MMLU, read offline from shared/.
+"""Evaluation examples: one schema for SQuAD v2, TriviaQA, HotpotQA and MMLU, read offline from files.
+
+The files come from the data directory (``scout data import``, ``$SCOUT_DATA``, ``--data-dir``) or, failing
+that, from the small samples packaged with Scout (`scout.dataroot`); `dataset_source` says which, with the file's
+SHA-256.
 
 Why this module exists: every experiment in Scout (selection, quantization, position transport) is a paired
 comparison of methods *on the same samples*, as in the source study. That only holds if loading is
@@ -17,9 +21,9 @@ chunking of reads, or the Python hash seed. And ``load_examples(name, n=50)`` is
 replacing it (the study went from 50 to 200 samples per configuration). Only ``n`` records are kept in memory
 at a time (a bounded heap).
 
-By default no data is downloaded at run time. ``HF_SOURCES`` names where the same sets live on the Hugging Face
-hub; ``source="hub"`` streams them from there (`scout_eval.hub`, needs the optional ``datasets`` package and
-network access) through the same filters and ranking.
+Nothing is downloaded here. ``HF_SOURCES`` names where the same sets live on the Hugging Face hub; the
+evaluation layer streams them from there (`scout_eval.hub`, ``--source hub``) through `sample_records`, the same
+filters and ranking.
 """
 
 from __future__ import annotations
@@ -27,16 +31,14 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SHARED_ENV = "SCOUT_SHARED"
-"""Environment variable that overrides where the shared folder (with ``data/``) lives."""
+from scout.dataroot import DataSource, locate_dataset
 
 
 class Example(BaseModel):
@@ -73,7 +75,7 @@ class HFSource:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A registered dataset: its file under ``<shared>/data`` and the task whose metric scores it."""
+    """A registered dataset: its file under ``<data root>/data`` and the task whose metric scores it."""
 
     name: str
     relpath: str
@@ -127,46 +129,20 @@ HF_SOURCES: dict[str, HFSource] = {
 _SCHEMA_FIELDS = frozenset({"id", "dataset", "context", "question", "answers", "choices", "answer_index"})
 
 
-def _find_repo_root(start: Path) -> Path | None:
-    """Walk up from ``start`` to the first directory holding ``pyproject.toml`` (the repository root)."""
-    for folder in (start, *start.parents):
-        if (folder / "pyproject.toml").is_file():
-            return folder
-    return None
+def dataset_source(
+    name: str, data_dir: Path | str | None = None, *, packaged_only: bool = False, with_hash: bool = True
+) -> DataSource:
+    """Where a registered dataset is read from (data root or packaged sample) and the SHA-256 of that file.
 
-
-def shared_dir() -> Path:
-    """Resolve the shared folder that holds ``data/`` (and traces, seed documents).
-
-    Order: ``$SCOUT_SHARED`` if set; else ``<repo root>/../shared`` where the repo root is the first directory
-    above this file that contains ``pyproject.toml`` (works from a source checkout); else ``../shared``
-    relative to the working directory (works when the package is installed elsewhere but run from the
-    checkout). Raises FileNotFoundError naming ``SCOUT_SHARED`` so that the fix is obvious.
+    ValueError for an unknown name; `scout.dataroot.DataNotFound` (naming the ways to get it) when no source has it.
     """
-    env = os.environ.get(SHARED_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if path.is_dir():
-            return path.resolve()
-        raise FileNotFoundError(f"{SHARED_ENV}={env!r} is set but is not a directory")
-    candidates: list[Path] = []
-    root = _find_repo_root(Path(__file__).resolve().parent)
-    if root is not None:
-        candidates.append(root.parent / "shared")
-    candidates.append(Path.cwd() / ".." / "shared")
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate.resolve()
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
-        f"shared folder not found (tried {tried}); set {SHARED_ENV} to the folder that contains data/"
-    )
-
-
-def dataset_path(name: str) -> Path:
-    """Path of a registered dataset's JSONL file; ValueError listing the known names for an unknown one."""
     spec = _spec(name)
-    return shared_dir() / "data" / spec.relpath
+    return locate_dataset(name, spec.relpath, data_dir, packaged_only=packaged_only, with_hash=with_hash)
+
+
+def dataset_path(name: str, data_dir: Path | str | None = None) -> Path:
+    """Path of a registered dataset's JSONL file (see `dataset_source`)."""
+    return Path(str(dataset_source(name, data_dir, with_hash=False).path))
 
 
 def _spec(name: str) -> DatasetSpec:
@@ -227,28 +203,26 @@ def sample_key(seed: int, example_id: str) -> bytes:
     return hashlib.sha256(f"{seed}:{example_id}".encode()).digest()
 
 
-def load_examples(
+def sample_records(
     name: str,
+    records: Iterable[dict[str, Any]],
     *,
     n: int | None = None,
     seed: int = 0,
     answerable_only: bool = False,
     max_context_chars: int | None = None,
     subjects: list[str] | None = None,
-    source: str = "file",
 ) -> list[Example]:
-    """Load a deterministic, seeded sample of a registered dataset.
+    """Filter, rank and keep ``n`` of a registered dataset's raw records (from a file or any other source).
 
-    ``source``: ``file`` (``<shared>/data``, the default) or ``hub`` (the set's `HF_SOURCES` entry, converted to
-    the same records by `scout_eval.hub`; raises `scout_eval.hub.HubUnavailable` where it cannot be read).
-
+    This is the one sampling rule (see the module docstring) for every source, so a run from the hub
+    (`scout_eval.sources`) is the same pure function of ``(name, n, seed, filters)`` as a run from a file.
     Filters run before sampling, so ``n`` counts surviving examples:
     ``answerable_only`` drops unanswerable items (SQuAD v2 ``is_impossible`` or an empty answer list);
     ``max_context_chars`` drops (never truncates, which could cut the answer out) items whose context is
     longer; ``subjects`` keeps MMLU items of those subjects (ValueError for a set without subjects or for a
     subject that never occurs, so a typo does not silently yield an empty sample).
-    The order is the sha256 ranking described in the module docstring; fewer than ``n`` items come back only
-    when fewer survive the filters.
+    Fewer than ``n`` items come back only when fewer survive the filters.
     """
     spec = _spec(name)
     if n is not None and n < 0:
@@ -257,18 +231,9 @@ def load_examples(
         raise ValueError(f"max_context_chars must be >= 0, got {max_context_chars}")
     wanted_subjects = set(subjects) if subjects is not None else None
     seen_subjects: set[str] = set()
-    if source not in ("file", "hub"):
-        raise ValueError(f"source must be 'file' or 'hub', got {source!r}")
-
-    def records() -> Iterator[dict[str, Any]]:
-        if source == "hub":
-            from scout_eval.hub import hub_records
-
-            return hub_records(name)
-        return load_jsonl(shared_dir() / "data" / spec.relpath)
 
     def survivors() -> Iterator[tuple[bytes, str, dict[str, Any]]]:
-        for record in records():
+        for record in records:
             if wanted_subjects is not None:
                 subject = record.get("subject")
                 if subject is None:
@@ -290,7 +255,7 @@ def load_examples(
     if n is None:
         ranked = sorted(survivors(), key=rank)
     elif n == 0:
-        # heapq.nsmallest(0, ...) would not read the file at all, which would skip the subject check below.
+        # heapq.nsmallest(0, ...) would not read the records at all, which would skip the subject check below.
         for _ in survivors():
             pass
         ranked = []
@@ -302,3 +267,91 @@ def load_examples(
             known = ", ".join(sorted(seen_subjects))
             raise ValueError(f"unknown subjects for {name!r}: {sorted(missing)}; known: {known}")
     return [to_example(record, default_dataset=spec.task) for _, _, record in ranked]
+
+
+def load_examples(
+    name: str,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    answerable_only: bool = False,
+    max_context_chars: int | None = None,
+    subjects: list[str] | None = None,
+    data_dir: Path | str | None = None,
+    path: Path | str | None = None,
+) -> list[Example]:
+    """Load a deterministic, seeded sample of a registered dataset from its file (see `sample_records`).
+
+    The file is ``path`` when given (a caller that already resolved it with `dataset_source`, so the hash it
+    recorded is of the file read), else the data root's copy (``data_dir``, ``$SCOUT_DATA``, the default data
+    directory) or, failing that, the packaged sample (`scout.dataroot`). Files only: the hub is read by
+    `scout_eval.sources`.
+    """
+    _spec(name)
+    file = Path(path) if path is not None else dataset_path(name, data_dir)
+    return sample_records(
+        name,
+        load_jsonl(file),
+        n=n,
+        seed=seed,
+        answerable_only=answerable_only,
+        max_context_chars=max_context_chars,
+        subjects=subjects,
+    )
+
+
+def check_dataset_file(path: Path, *, max_problems: int = 5) -> tuple[int, list[str]]:
+    """(records, problems) of a JSONL file checked against the record schema, for ``scout data import``.
+
+    Every line must be a JSON object with a non-empty ``id`` (unique in the file), a string ``question``, a list
+    of string ``answers``, a string ``context`` if present, and map to an `Example`. Reading goes through
+    `load_jsonl` (``for line in f``: strings hold U+2028). At most ``max_problems`` problems are listed.
+    """
+    problems: list[str] = []
+    seen: set[str] = set()
+    count = 0
+    default = path.parent.name
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if len(problems) >= max_problems:
+                    break
+                if not line.strip():
+                    continue
+                count += 1
+                problem = _record_problem(line, seen, default)
+                if problem:
+                    problems.append(f"{path.name}:{lineno}: {problem}")
+    except UnicodeDecodeError as exc:
+        problems.append(f"{path.name}: not UTF-8 ({exc.reason})")
+    if count == 0 and not problems:
+        problems.append(f"{path.name}: no records")
+    return count, problems
+
+
+def _record_problem(line: str, seen: set[str], default_dataset: str) -> str | None:
+    """What is wrong with one JSONL line, or None."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON: {exc.msg}"
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    rid = record.get("id")
+    if not isinstance(rid, str | int) or str(rid) == "":
+        return "missing or empty 'id'"
+    if str(rid) in seen:
+        return f"duplicate id {rid!r}"
+    seen.add(str(rid))
+    if not isinstance(record.get("question"), str):
+        return "'question' must be a string"
+    answers = record.get("answers")
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        return "'answers' must be a list of strings"
+    if "context" in record and not isinstance(record["context"], str):
+        return "'context' must be a string"
+    try:
+        to_example(record, default_dataset=default_dataset)
+    except (ValueError, TypeError) as exc:
+        return f"does not fit the record schema: {str(exc).splitlines()[0]}"
+    return None

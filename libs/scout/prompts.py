@@ -9,7 +9,7 @@ and the same text always yields the same ids on both ends (the cloud rebuilds th
 reference and must get the positions the edge meant).
 
 Plain prompts (`Context: …\\nQuestion: …\\nAnswer:`), not chat templates: both Qwen models are Coder-Instruct
-variants and answer short extractive questions well this way (see ../shared/models/README.md).
+variants and answer short extractive questions well this way.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
-"""Read the registered sets from the Hugging Face hub instead of ``<shared>/data``, in the same record schema.
+"""Read the registered sets from the Hugging Face hub instead of local files, in the same record schema.
 
-Why: the committed results use the offline samples in ``../shared/data`` (no hub is reachable on the machines
-that made them), but a researcher with network access wants the full sets (all 11,873 SQuAD v2 dev items, all
-7,405 HotpotQA distractor items) without converting files by hand. `load_examples(..., source="hub")` streams
-the rows named in `HF_SOURCES` through the converters below and then filters, ranks and samples them exactly as
-it does the local files, so a run is still a pure function of ``(name, n, seed, filters)``.
+Why: the committed results use offline JSONL files (a data directory filled by ``scout data import``; no hub is
+reachable on the machines that made them), but a researcher with network access wants the full sets (all 11,873
+SQuAD v2 dev items, all 7,405 HotpotQA distractor items) without converting files by hand. ``scout eval run
+--source hub`` (`scout_eval.runner.load_run_examples`) streams the rows named in `HF_SOURCES` through the
+converters below and then filters, ranks and samples them with `scout.datasets.sample_records`, exactly as it does
+the local files, so a run is still a pure function of ``(name, n, seed, filters)``. The core library never imports
+this module: it reads files only.
 
-The converters produce the local files' layout field for field (``../shared/data/README.md``): SQuAD v2 keeps
+The converters produce the local files' layout field for field (the record schema in ``scout/data/README.md``
+and `scout.datasets.Example`): SQuAD v2 keeps
 every gold answer (duplicates included) and marks unanswerable items; HotpotQA joins each paragraph's title
 and sentences the way the local context does and keeps ``paragraphs``/``supporting_facts``; MMLU numbers items
 per subject and split (``abstract_algebra_test_0``) and turns the answer index into its letter; TriviaQA keeps
@@ -14,7 +17,7 @@ the MRQA TriviaQA-web rows (ids are MRQA's ``qid``, so samples differ from the l
 `tests/unit/test_hub.py` holds each converter equal to the local records it mirrors.
 
 Needs the optional ``datasets`` package (``pip install -e '.[hub]'``); without it, or without a reachable hub,
-`HubUnavailable` says so. Nothing here is imported unless ``source="hub"`` is asked for.
+`HubUnavailable` says so. Nothing here is imported unless ``--source hub`` is asked for.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ def hub_records(name: str) -> Iterator[dict[str, Any]]:
     if importlib.util.find_spec("datasets") is None:
         raise HubUnavailable(
             "reading from the Hugging Face hub needs the 'datasets' package: pip install -e '.[hub]' "
-            "(or use the local files: --source file)"
+            "(or use local files: --source file, after `scout data import PATH`)"
         )
     import datasets
 

@@ -1,10 +1,19 @@
 """The experiment runner: resumable, one line of results per sample, everything needed to regenerate a report.
 
 A run is (experiment, dataset, model[, cloud model], n, seed). Its folder holds `run.json` (the exact command,
-configuration, model fingerprints and GGUF hashes, the sample ids, dates) and `samples.jsonl`, one JSON object per
+configuration, model fingerprints and GGUF hashes, where the data came from with the dataset file's SHA-256, the
+sample ids, dates) and `samples.jsonl`, one JSON object per
 finished sample with every condition's prediction and scores. An interrupted run continues where it stopped: the
 samples already in `samples.jsonl` are skipped. Experiments compute everything a sample needs from one prefill
 per model where they can (scores and caches are shared by every method and retention level).
+
+The run folder's format lives in `scout_eval.run_folder` (what reports read); the experiment interface and its
+registry in `scout_eval.experiments.base` (what experiments implement). This module sits above both: it imports
+the experiments package, which registers every experiment.
+
+Data (`scout_eval.sources`): ``source="file"`` reads the data directory's copy and falls back to the sample
+packaged with Scout; a run that fell back is renamed ``sample`` (its folder ends in ``__sample``), so results on
+the small sample never mix with results on the full set in one folder.
 """
 
 from __future__ import annotations
@@ -13,18 +22,18 @@ import json
 import subprocess
 import sys
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from scout.datasets import Example, load_examples
+from scout.dataroot import DataSource
+from scout.datasets import Example
 from scout.metrics import PRIMARY_METRIC
-
-RESULTS_FILE = "samples.jsonl"
-RUN_FILE = "run.json"
+from scout_eval.experiments import get_experiment
+from scout_eval.run_folder import RESULTS_FILE, RUN_FILE, read_samples
+from scout_eval.sources import describe_source, load_from_source, provenance
 
 
 @dataclass
@@ -45,7 +54,8 @@ class RunConfig:
     device: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     source: str = "file"
-    """``file`` (``<shared>/data``) or ``hub`` (the full set from the Hugging Face hub, `scout_eval.hub`)."""
+    """``file`` (the data directory, else the packaged sample), ``sample`` (the packaged sample) or ``hub`` (the
+    full set from the Hugging Face hub); see `scout_eval.sources`."""
 
     @property
     def run_name(self) -> str:
@@ -80,56 +90,6 @@ class RunConfig:
         return d
 
 
-class Experiment(ABC):
-    """One experiment: which conditions it measures and how one sample is run."""
-
-    name: ClassVar[str]
-    #: the condition every other one is compared with in reports (e.g. "full")
-    reference: ClassVar[str]
-
-    def __init__(self, cfg: RunConfig) -> None:
-        self.cfg = cfg
-
-    @abstractmethod
-    def setup(self) -> dict[str, Any]:
-        """Load models; return identity facts for run.json (fingerprints, hashes)."""
-
-    @abstractmethod
-    def run_sample(self, ex: Example) -> dict[str, dict[str, Any]]:
-        """condition name -> {"pred": …, metric: value, …} for one example (plus optional "_meta")."""
-
-
-EXPERIMENTS: dict[str, type[Experiment]] = {}
-
-
-def register(cls: type[Experiment]) -> type[Experiment]:
-    EXPERIMENTS[cls.name] = cls
-    return cls
-
-
-def get_experiment(name: str) -> type[Experiment]:
-    import scout_eval.experiments  # noqa: F401  (registers every experiment)
-
-    if name not in EXPERIMENTS:
-        raise KeyError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
-    return EXPERIMENTS[name]
-
-
-def read_samples(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / RESULTS_FILE
-    if not path.exists():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut by an interruption: that sample is simply run again
-    return rows
-
-
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False, timeout=5)
@@ -138,28 +98,21 @@ def _git_commit() -> str:
         return ""
 
 
-def select_examples(cfg: RunConfig) -> list[Example]:
-    answerable = cfg.answerable_only and cfg.dataset == "squad_v2"
-    return load_examples(
+def load_run_examples(cfg: RunConfig) -> tuple[list[Example], DataSource]:
+    """The run's examples and where they came from (`scout_eval.sources.load_from_source`)."""
+    return load_from_source(
+        cfg.source,
         cfg.dataset,
         n=cfg.n,
         seed=cfg.seed,
-        answerable_only=answerable,
+        answerable_only=cfg.answerable_only and cfg.dataset == "squad_v2",
         max_context_chars=cfg.max_context_chars,
-        source=cfg.source,
     )
 
 
-def model_identity(name: str) -> dict[str, Any]:
-    """Fingerprint, upstream source and (for offline aliases) the verified GGUF SHA-256 of a model."""
-    from scout.models import SPEC_FILE, load_spec, prepared_dir
-
-    spec = load_spec(name)
-    ident: dict[str, Any] = {"name": name, "fingerprint": spec.fingerprint, "source": spec.source}
-    meta = prepared_dir(name) / SPEC_FILE
-    if meta.is_file():
-        ident["gguf_sha256"] = json.loads(meta.read_text()).get("gguf_sha256")
-    return ident
+def select_examples(cfg: RunConfig) -> list[Example]:
+    """The run's examples (see `load_run_examples`)."""
+    return load_run_examples(cfg)[0]
 
 
 def _check_resumable(previous: dict[str, Any], cfg: RunConfig) -> None:
@@ -183,10 +136,17 @@ def run_experiment(
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     command: list[str] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> Path:
-    """Run (or continue) an experiment; returns its folder. `limit` stops after that many new samples."""
+    """Run (or continue) an experiment; returns its folder. `limit` stops after that many new samples; `notify`
+    receives the line saying where the data came from (`scout_eval.sources.describe_source`)."""
+    examples, data = load_run_examples(cfg)
+    if cfg.source == "file" and data.is_packaged:
+        cfg = replace(cfg, source="sample")  # the sample's results get a folder of their own (``__sample``)
+    data_record = provenance(data)
+    if notify is not None:
+        notify(describe_source(cfg.dataset, data_record))
     exp = get_experiment(cfg.experiment)(cfg)
-    examples = select_examples(cfg)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     done = {r["id"] for r in read_samples(run_dir)}
@@ -203,6 +163,7 @@ def run_experiment(
         "command": " ".join(command or sys.argv),
         "metric": PRIMARY_METRIC.get(cfg.dataset, "f1"),
         "reference": exp.reference,
+        "data": data_record,
         "models": identity or previous.get("models", {}),
         "sample_ids": [ex.id for ex in examples],
         "started": previous.get("started", datetime.now(UTC).isoformat(timespec="seconds")),
@@ -221,8 +182,3 @@ def run_experiment(
             if progress is not None:
                 progress(i + 1, len(todo))
     return run_dir
-
-
-def iter_runs(root: Path) -> Iterator[Path]:
-    """Every run folder under `root` (those with a run.json)."""
-    yield from sorted(p.parent for p in root.glob(f"*/*/{RUN_FILE}"))

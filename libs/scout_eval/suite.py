@@ -5,26 +5,22 @@ Why a suite and not a handful of ``scout simulate`` calls: the question the stud
 meet at least as many deadlines as static INT8 and INT4, at no less quality?") has to be answered on every trace
 with the same requests, the same measured operating points and the same stage times, and the answer has to be
 regenerated when the measurements change. Everything here is a pure function of the inputs: the operating-point
-table (`scout_eval.operating_points`), the stage times (`scout_cli.benchmarks.stages`), the traces in ``../shared``,
-and the seeds.
+table (`scout_eval.op_tables`), the stage times (`scout_cli.benchmarks.stages`), the traces (the data
+directory's, else the packaged ones: `resolve_default_traces`), and the seeds.
 
 Deadlines are set relative to the measured compute: ``deadline = compute of the base mode (full KV) at the context
 length + slack``, one request stream drawing the slack from ``slacks_s``. The slack is the time the uplink may
 take; with compute measured on a CPU (tens of seconds) a fixed absolute deadline would make the transfer
 irrelevant, which is not the question. With ``transfer_only`` the compute is zero and the deadline is the slack.
 
-Multi-device cell (Paper B §4): ``devices`` requests arrive at once on one shared uplink. `allocate_equal`,
-`allocate_proportional` and `allocate_model_aware` (`scout.policy.allocator`) split the capacity; a static cell
-uses a constant capacity, a trace-driven cell splits the rate a probe saw in the last second and times each
-device's transfer on the actual trace at its fixed fraction of the link (a static split: a device that finishes
-early does not hand its share to the others).
+The multi-device cell (Paper B §4: several devices on one shared uplink, each allocator's split) is
+`scout_eval.suite_cell`; this module runs it over the suite's model pairs and reports it with the rest.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +30,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from scout.channel.process import BandwidthProcess
-from scout.policy.allocator import (
-    Allocation,
-    DeviceDemand,
-    allocate_equal,
-    allocate_model_aware,
-    allocate_proportional,
-)
 from scout.policy.operating_points import OperatingPointTable
-from scout.policy.planner import DEADLINE_SLACK_S, PlanRequest, StageTimes
+from scout.policy.planner import StageTimes
 from scout_eval.simulate import (
     Comparison,
     SimConfig,
@@ -53,18 +42,19 @@ from scout_eval.simulate import (
     render_markdown,
     request_stream,
 )
+from scout_eval.suite_cell import CellDevice, allocation_rows, run_cell_static, run_cell_trace
 
 __all__ = [
+    "DEFAULT_CELL_TRACE",
     "DEFAULT_TRACES",
     "ESTIMATOR_SPECS",
-    "CellDevice",
+    "DefaultTraces",
     "SuiteConfig",
     "deadline_list",
     "default_policies",
     "make_process",
+    "resolve_default_traces",
     "restrict_table",
-    "run_cell_static",
-    "run_cell_trace",
     "run_suite",
     "verdicts",
 ]
@@ -79,7 +69,44 @@ DEFAULT_TRACES = [
     "mahimahi_tmobile_lte_short_up",
 ]
 """The study's Markov chain and six measured uplink traces: LTE and 5G (NSA, SA, mmWave), driving and walking,
-thin (~13 Mbit/s) to fast (~50 Mbit/s mean), one with 13 % outage samples."""
+thin (~13 Mbit/s) to fast (~50 Mbit/s mean), one with 13 % outage samples. They are not redistributable, so they
+are read from the data directory (``scout data import``); `resolve_default_traces` says what is used instead."""
+
+DEFAULT_CELL_TRACE = "umn_tmo_nsa5g_ul_walking_run20086"
+
+
+@dataclass(frozen=True)
+class DefaultTraces:
+    """The default traces that exist here, the multi-device cell's trace, and a note when they are stand-ins."""
+
+    traces: list[str]
+    cell_trace: str
+    note: str = ""
+
+
+def resolve_default_traces(data_dir: Path | str | None = None) -> DefaultTraces:
+    """`DEFAULT_TRACES` (and `DEFAULT_CELL_TRACE`) as far as the data directory has them; with none of them, the
+    Markov preset and the packaged traces (Lumos5G downlink, the only redistributable ones), saying so."""
+    from scout.channel.traces import list_traces
+
+    available = {info.name: info for info in list_traces(data_dir=data_dir)}
+    measured = [name for name in DEFAULT_TRACES if name == "markov" or name in available]
+    missing = [name for name in DEFAULT_TRACES if name not in measured]
+    if len(measured) > 1:
+        cell = DEFAULT_CELL_TRACE if DEFAULT_CELL_TRACE in available else measured[1]
+        note = f"not in the data directory, left out: {', '.join(missing)}" if missing else ""
+        return DefaultTraces(measured, cell, note)
+    fallback = sorted(name for name in available if name not in DEFAULT_TRACES)
+    if not fallback:
+        note = "no traces here: the Markov preset only (`scout data import PATH` brings the measured ones)"
+        return DefaultTraces(["markov"], DEFAULT_CELL_TRACE, note)
+    shown = ", ".join(f"{name} ({available[name].direction})" for name in fallback)
+    note = (
+        "the measured uplink traces are not in the data directory (import them with `scout data import PATH`); "
+        f"using the traces available here instead, as stand-ins: {shown}"
+    )
+    return DefaultTraces(["markov", *fallback], fallback[0], note)
+
 
 ESTIMATOR_SPECS = ["last", "ewma", "harmonic", "quantile"]
 
@@ -304,130 +331,6 @@ def run_trace(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# multi-device cell
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CellDevice:
-    """One device of the cell: its model pair's (restricted) table and stage times, and its request."""
-
-    device_id: str
-    pair: str
-    table: OperatingPointTable
-    stages: StageTimes
-    context_tokens: int
-    deadline_s: float
-    extra_tokens: int = 0
-
-    def demand(self, request_id: str = "") -> DeviceDemand:
-        request = PlanRequest(
-            context_tokens=self.context_tokens,
-            deadline_s=self.deadline_s,
-            model_pair=self.pair,
-            request_id=request_id or self.device_id,
-            extra_tokens=self.extra_tokens,
-        )
-        return DeviceDemand(self.device_id, request, self.table, self.stages)
-
-
-ALLOCATORS: dict[str, Callable[[Sequence[DeviceDemand], float], Allocation]] = {
-    "equal": allocate_equal,
-    "proportional": allocate_proportional,
-    "model-aware": allocate_model_aware,
-}
-
-
-def run_cell_static(devices: Sequence[CellDevice], capacity_bps: float) -> dict[str, Allocation]:
-    """One round of simultaneous requests on a constant-capacity uplink, for each allocator."""
-    demands = [d.demand() for d in devices]
-    return {name: alloc(demands, capacity_bps) for name, alloc in ALLOCATORS.items()}
-
-
-def _actual(
-    device: CellDevice, plan: Any, share: float, est: float, t0: float, process: BandwidthProcess
-) -> tuple[bool, float]:
-    """Whether the device's plan finishes in time on the actual link at its fixed fraction of it, and its quality."""
-    ms = device.stages.for_mode(plan.mode)
-    n = device.context_tokens
-    before, after = ms.before_transfer_s(n), ms.after_transfer_s(n)
-    if plan.bytes == 0:
-        done = before + after
-    else:
-        fraction = share / est if est > 0 else 0.0
-        if fraction <= 0:
-            return False, 0.0
-        finish = process.transfer_finish_time(t0 + before, plan.bytes / fraction)
-        done = finish - t0 + after
-    met = done <= device.deadline_s + DEADLINE_SLACK_S
-    return met, plan.expected_quality if met else 0.0
-
-
-def run_cell_trace(
-    devices: Sequence[CellDevice],
-    process: BandwidthProcess,
-    *,
-    rounds: int,
-    interval_s: float,
-    probe_s: float = 1.0,
-    bootstrap: int = 1000,
-    seed: int = 0,
-) -> dict[str, dict[str, Any]]:
-    """``rounds`` rounds, one every ``interval_s``: the cell splits the mean rate of the last ``probe_s`` (what it
-    can know) among the devices, each allocator its way; each transfer is then timed on the actual trace at the
-    device's fraction of the link. Per allocator: deadlines met and mean quality (miss = 0) over all device
-    requests, with bootstrap CIs, and the points chosen."""
-    from scout.stats import bootstrap_ci
-
-    out: dict[str, dict[str, Any]] = {}
-    per: dict[str, dict[str, list[float]]] = {a: {"met": [], "q": []} for a in ALLOCATORS}
-    points: dict[str, Counter[str]] = {a: Counter() for a in ALLOCATORS}
-    misses_by_pair: dict[str, Counter[str]] = {a: Counter() for a in ALLOCATORS}
-    for k in range(rounds):
-        t0 = interval_s * (k + 1)
-        est = process.mean_rate(t0 - probe_s, t0)
-        demands = [d.demand(f"{d.device_id}-r{k}") for d in devices]
-        for name, alloc in ALLOCATORS.items():
-            allocation = alloc(demands, est)
-            for d, row in zip(devices, allocation.devices, strict=True):
-                met, q = _actual(d, row.plan, row.share_bps, est, t0, process)
-                per[name]["met"].append(float(met))
-                per[name]["q"].append(q)
-                points[name][row.plan.point] += 1
-                if not met:
-                    misses_by_pair[name][d.pair] += 1
-    for name in ALLOCATORS:
-        m = bootstrap_ci(per[name]["met"], n_boot=bootstrap, seed=seed)
-        q = bootstrap_ci(per[name]["q"], n_boot=bootstrap, seed=seed)
-        out[name] = {
-            "requests": len(per[name]["met"]),
-            "met_pct": 100 * m[0],
-            "met_ci_pct": [100 * m[1], 100 * m[2]],
-            "mean_quality": q[0],
-            "mean_quality_ci": [q[1], q[2]],
-            "points": dict(sorted(points[name].items())),
-            "misses_by_pair": dict(sorted(misses_by_pair[name].items())),
-        }
-    return out
-
-
-def _allocation_rows(allocation: Allocation, devices: Sequence[CellDevice]) -> list[dict[str, Any]]:
-    return [
-        {
-            "device": row.device_id,
-            "pair": d.pair,
-            "context_tokens": d.context_tokens,
-            "deadline_s": d.deadline_s,
-            "share_mbps": row.share_bps / 1e6,
-            "need_mbps": row.need_bps / 1e6 if math.isfinite(row.need_bps) else None,
-            "point": row.plan.point,
-            "bytes": row.plan.bytes,
-            "feasible": row.plan.feasible,
-            "quality": row.plan.expected_quality,
-        }
-        for row, d in zip(allocation.devices, devices, strict=True)
-    ]
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # the whole suite
 # ----------------------------------------------------------------------------------------------------------------
 def run_suite(
@@ -501,7 +404,7 @@ def run_suite(
                         "devices": len(a.devices),
                         "total_quality": a.total_quality,
                         "exact": a.exact,
-                        "rows": _allocation_rows(a, devices),
+                        "rows": allocation_rows(a, devices),
                     }
                     for name, a in static.items()
                 },

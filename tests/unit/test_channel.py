@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from scout.channel.traces import (
     list_traces,
     load_trace,
     replay,
+    trace_source,
     traces_dir,
 )
+from scout.dataroot import DATA_ENV, DataNotFound
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -183,22 +186,35 @@ def test_markov_config_rejects_invalid(fields: dict[str, object]) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Measured traces
 # ----------------------------------------------------------------------------------------------------------------
-TRACE_FILES = sorted(traces_dir().glob("*.csv"))
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "traces"
+SYNTHETIC = FIXTURES / "synthetic_lte_ul_walking.csv"
+"""547 rows on a 0.1 s grid (54.7 s), seeded, with a 1 s outage: the parser and replay tests' own trace."""
+PACKAGED = ["lumos5g_vzw_mmwave5g_dl_driving_trace103", "lumos5g_vzw_mmwave5g_dl_walking_trace100"]
 
 
-def _readme_rows() -> dict[str, str]:
+@pytest.fixture
+def no_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the packaged traces: an empty HOME, no SCOUT_DATA, no XDG_DATA_HOME."""
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    for var in (DATA_ENV, "XDG_DATA_HOME"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _readme_rows(folder: Path) -> dict[str, str]:
     rows = {}
-    for line in (traces_dir() / "README.md").read_text(encoding="utf-8").splitlines():
+    for line in (folder / "README.md").read_text(encoding="utf-8").splitlines():
         if line.startswith("| `") and ".csv`" in line:
             cells = [c.strip() for c in line.strip("|").split("|")]
             rows[cells[0].strip("`")] = cells[1]
     return rows
 
 
-def test_every_trace_parses_with_sane_values() -> None:
+@pytest.mark.usefixtures("no_data_dir")
+def test_every_packaged_trace_parses_with_sane_values() -> None:
     infos = list_traces()
-    assert [Path(i.path).name for i in sorted(infos, key=lambda i: i.path)] == [p.name for p in TRACE_FILES]
-    readme = _readme_rows()
+    assert [i.name for i in infos] == PACKAGED
+    assert [p.stem for p in sorted(traces_dir().glob("*.csv"))] == PACKAGED
+    readme = _readme_rows(traces_dir())
     for info in infos:
         tr = load_trace(info.name)
         assert info.duration_s > 0 and info.step_s in (0.1, 1.0)
@@ -211,27 +227,32 @@ def test_every_trace_parses_with_sane_values() -> None:
         assert info.duration_s == pytest.approx(info.readme_stats["duration"])
         marker = readme[Path(info.path).name].lstrip("*")
         assert info.direction == ("uplink" if marker.startswith("UL") else "downlink")
-        assert info.generation in ("3G", "LTE", "5G")
+        assert info.generation == "5G"
         process = TraceReplay(tr, loop=False)
         assert process.duration_s == pytest.approx(info.duration_s)
         assert process.mean_rate(0.0, process.duration_s) == pytest.approx(info.mean_mbps * 1e6, rel=1e-9)
+        assert trace_source(info.name).source == "packaged-sample"
 
 
+@pytest.mark.usefixtures("no_data_dir")
 def test_unit_conversion_by_hand_from_first_rows() -> None:
-    # umn_tmo_sa5g_ul_walking_run20070.csv starts: "0.0,108.000", "1.0,89.100", "2.0,8.390" (1 s grid, Mbit/s).
-    path = traces_dir() / "umn_tmo_sa5g_ul_walking_run20070.csv"
-    assert path.read_text(encoding="utf-8").splitlines()[:4] == ["t_s,mbps", "0.0,108.000", "1.0,89.100", "2.0,8.390"]
-    p = TraceReplay(load_trace("umn_tmo_sa5g_ul_walking_run20070"), loop=False)
-    assert p.rate_at(0.5) == 108_000_000.0  # 108 Mbit/s = 108 * 10^6 bit/s
-    assert p.rate_at(1.5) == 89_100_000.0
-    # 108 + 89.1 + 8.39 Mbit in the first three seconds = 205.49e6 bit = 25,686,250 bytes.
-    assert p.bits_until(3.0) == pytest.approx(205.49e6, rel=1e-12)
-    assert p.transfer_finish_time(0.0, 25_686_250) == pytest.approx(3.0, abs=1e-9)
-    assert p.transfer_finish_time(0.0, 13_500_000) == pytest.approx(1.0, abs=1e-9)  # 108e6 bit = 13.5 MB
+    # lumos5g_..._driving_trace103.csv starts: "0.0,361.000", "1.0,703.000", "2.0,924.000" (1 s grid, Mbit/s).
+    name = "lumos5g_vzw_mmwave5g_dl_driving_trace103"
+    path = traces_dir() / f"{name}.csv"
+    first = path.read_text(encoding="utf-8").splitlines()[:4]
+    assert first == ["t_s,mbps", "0.0,361.000", "1.0,703.000", "2.0,924.000"]
+    p = TraceReplay(load_trace(name), loop=False)
+    assert p.rate_at(0.5) == 361_000_000.0  # 361 Mbit/s = 361 * 10^6 bit/s
+    assert p.rate_at(1.5) == 703_000_000.0
+    # 361 + 703 + 924 Mbit in the first three seconds = 1988e6 bit = 248,500,000 bytes.
+    assert p.bits_until(3.0) == pytest.approx(1988e6, rel=1e-12)
+    assert p.transfer_finish_time(0.0, 248_500_000) == pytest.approx(3.0, abs=1e-9)
+    assert p.transfer_finish_time(0.0, 45_125_000) == pytest.approx(1.0, abs=1e-9)  # 361e6 bit = 45.125 MB
 
 
 def test_replay_speed_offset_and_loop_agree_with_direct_lookup() -> None:
-    tr = load_trace("nuwins_mmwave5g_ul_walking_away_run1")
+    tr = load_trace(SYNTHETIC)
+    assert tr.step_s == pytest.approx(0.1) and tr.info.rows == 547
     rng = np.random.default_rng(4)
     for speed, offset in ((1.0, 0.0), (2.0, 12.34), (0.5, 50.0), (3.0, 0.3)):
         p = TraceReplay(tr, speed=speed, offset_s=offset, loop=True)
@@ -247,9 +268,9 @@ def test_replay_speed_offset_and_loop_agree_with_direct_lookup() -> None:
 
 
 def test_replay_without_loop_ends_and_config_round_trip() -> None:
-    cfg = TraceReplayConfig(trace="mahimahi_att_lte_driving2016_up", speed=2.0, offset_s=20.0, loop=False)
-    p = replay(TraceReplayConfig.model_validate_json(cfg.model_dump_json()))
-    assert p.duration_s == pytest.approx((120.1 - 20.0) / 2.0)
+    cfg = TraceReplayConfig(trace=SYNTHETIC.stem, speed=2.0, offset_s=20.0, loop=False)
+    p = replay(TraceReplayConfig.model_validate_json(cfg.model_dump_json()), FIXTURES)
+    assert p.duration_s == pytest.approx((54.7 - 20.0) / 2.0)
     assert p.rate_at(p.duration_s + 1.0) == 0.0
     assert math.isinf(p.transfer_finish_time(0.0, 1e12))
     with pytest.raises(ValueError):
@@ -257,6 +278,27 @@ def test_replay_without_loop_ends_and_config_round_trip() -> None:
     samples = list(TraceReplay(p.trace, loop=False).iter_samples(p.trace.step_s))
     assert len(samples) == p.trace.info.rows
     assert [r for _, r in samples[:5]] == pytest.approx(list(p.trace.rates_bps[:5]))
+    assert p.trace.info.direction == "uplink" and p.trace.info.link == "LTE (synthetic)"  # from the README table
+
+
+def test_data_directory_traces_come_first_and_unknown_names_say_how_to_get_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_data_dir: None
+) -> None:
+    root = tmp_path / "root"
+    (root / "traces").mkdir(parents=True)
+    (root / "traces" / f"{PACKAGED[0]}.csv").write_text("t_s,mbps\n0.0,1.0\n1.0,2.0\n", encoding="utf-8")
+    (root / "traces" / SYNTHETIC.name).write_bytes(SYNTHETIC.read_bytes())
+    monkeypatch.setenv(DATA_ENV, str(root))
+    names = [i.name for i in list_traces()]
+    assert sorted(names) == sorted([*PACKAGED, SYNTHETIC.stem])  # one entry per name: the data directory's wins
+    assert load_trace(PACKAGED[0]).info.rows == 2
+    assert trace_source(PACKAGED[0]).source == f"data-dir:{root.resolve()}"
+    assert trace_source(PACKAGED[1]).source == "packaged-sample"
+    assert trace_source(SYNTHETIC.stem).sha256 == hashlib.sha256(SYNTHETIC.read_bytes()).hexdigest()
+    assert traces_dir() == root.resolve() / "traces"
+    with pytest.raises(DataNotFound, match="scout data import PATH") as info:
+        load_trace("umn_tmo_sa5g_ul_walking_run20070")
+    assert "--source hub" in str(info.value) and "SCOUT_DATA" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""Tests for scout.datasets: the real shared files load into the common schema, and sampling is a pure
-function of (name, n, seed, filters)."""
+"""Tests for scout.datasets: the packaged sample files load into the common schema, and sampling is a pure
+function of (name, n, seed, filters). Each test sees only the packaged samples or its own tmp data directory
+(HOME and SCOUT_DATA point at empty tmp folders), so a developer's data directory cannot leak in."""
 
 from __future__ import annotations
 
@@ -10,18 +11,19 @@ import pytest
 from pydantic import ValidationError
 
 from scout import datasets as ds
-from scout.datasets import DATASETS, Example, load_examples, load_jsonl, shared_dir
+from scout.dataroot import DATA_ENV, DataNotFound
+from scout.datasets import DATASETS, Example, load_examples, load_jsonl
+
+PACKAGED = {"squad_v2": 32, "triviaqa": 16, "hotpotqa": 16, "mmlu": 16, "mmlu_dev": 65}
+"""The packaged sample sizes (libs/scout/data/README.md)."""
 
 
-def _data_available() -> bool:
-    try:
-        root = shared_dir() / "data"
-    except FileNotFoundError:
-        return False
-    return all((root / spec.relpath).is_file() for spec in DATASETS.values())
-
-
-needs_data = pytest.mark.skipif(not _data_available(), reason="shared data folder not present")
+@pytest.fixture(autouse=True)
+def packaged_only(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packaged samples only: an empty HOME, no SCOUT_DATA or XDG_DATA_HOME."""
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    for var in (DATA_ENV, "XDG_DATA_HOME"):
+        monkeypatch.delenv(var, raising=False)
 
 
 def _write_jsonl(path: Path, records: list[dict[str, object]]) -> None:
@@ -50,37 +52,11 @@ def _squad_records(count: int) -> list[dict[str, object]]:
 
 
 @pytest.fixture
-def fake_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A shared folder with a synthetic SQuAD file, selected through SCOUT_SHARED."""
+def fake_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data directory with a synthetic SQuAD file, selected through SCOUT_DATA."""
     _write_jsonl(tmp_path / "data" / "squad_v2" / "squad_v2_dev.jsonl", _squad_records(30))
-    monkeypatch.setenv(ds.SHARED_ENV, str(tmp_path))
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
     return tmp_path
-
-
-# ---- shared_dir --------------------------------------------------------------------------------------------
-
-
-def test_shared_dir_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ds.SHARED_ENV, str(tmp_path))
-    assert shared_dir() == tmp_path.resolve()
-
-
-def test_shared_dir_env_missing_dir_names_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ds.SHARED_ENV, str(tmp_path / "nope"))
-    with pytest.raises(FileNotFoundError, match="SCOUT_SHARED"):
-        shared_dir()
-
-
-def test_shared_dir_without_env_finds_repo_sibling(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ds.SHARED_ENV, raising=False)
-    repo_root = ds._find_repo_root(Path(ds.__file__).resolve().parent)
-    assert repo_root is not None and (repo_root / "pyproject.toml").is_file()
-    expected = repo_root.parent / "shared"
-    if expected.is_dir():
-        assert shared_dir() == expected.resolve()
-    else:
-        with pytest.raises(FileNotFoundError, match="SCOUT_SHARED"):
-            shared_dir()
 
 
 # ---- load_jsonl and schema ---------------------------------------------------------------------------------
@@ -101,7 +77,7 @@ def test_load_examples_reads_u2028_record(tmp_path: Path, monkeypatch: pytest.Mo
     records = _squad_records(4)
     records[1]["context"] = "line one\u2028line two answer"
     _write_jsonl(tmp_path / "data" / "squad_v2" / "squad_v2_dev.jsonl", records)
-    monkeypatch.setenv(ds.SHARED_ENV, str(tmp_path))
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
     by_id = {ex.id: ex for ex in load_examples("squad_v2")}
     assert len(by_id) == 4
     assert by_id["q1"].context == "line one\u2028line two answer"
@@ -147,20 +123,20 @@ def test_hf_sources_cover_registry() -> None:
 # ---- sampling on a synthetic file --------------------------------------------------------------------------
 
 
-def test_sampling_independent_of_file_order(fake_shared: Path) -> None:
+def test_sampling_independent_of_file_order(fake_root: Path) -> None:
     first = [ex.id for ex in load_examples("squad_v2", n=10, seed=3)]
-    path = fake_shared / "data" / "squad_v2" / "squad_v2_dev.jsonl"
+    path = fake_root / "data" / "squad_v2" / "squad_v2_dev.jsonl"
     _write_jsonl(path, list(reversed(_squad_records(30))))
     second = [ex.id for ex in load_examples("squad_v2", n=10, seed=3)]
     assert first == second
 
 
-def test_sampling_order_is_sha256_ranking(fake_shared: Path) -> None:
+def test_sampling_order_is_sha256_ranking(fake_root: Path) -> None:
     ids = [ex.id for ex in load_examples("squad_v2", seed=7)]
     assert ids == sorted((f"q{i}" for i in range(30)), key=lambda i: ds.sample_key(7, i))
 
 
-def test_smaller_sample_is_prefix_of_larger(fake_shared: Path) -> None:
+def test_smaller_sample_is_prefix_of_larger(fake_root: Path) -> None:
     small = [ex.id for ex in load_examples("squad_v2", n=5, seed=1)]
     large = [ex.id for ex in load_examples("squad_v2", n=20, seed=1)]
     full = [ex.id for ex in load_examples("squad_v2", seed=1)]
@@ -169,7 +145,7 @@ def test_smaller_sample_is_prefix_of_larger(fake_shared: Path) -> None:
     assert load_examples("squad_v2", n=0) == []
 
 
-def test_filters_apply_before_sampling(fake_shared: Path) -> None:
+def test_filters_apply_before_sampling(fake_root: Path) -> None:
     answerable = load_examples("squad_v2", n=8, answerable_only=True)
     assert len(answerable) == 8
     assert all(not ex.is_impossible and ex.answers for ex in answerable)
@@ -181,15 +157,14 @@ def test_filters_apply_before_sampling(fake_shared: Path) -> None:
         load_examples("squad_v2", n=-1)
 
 
-# ---- the real shared files ---------------------------------------------------------------------------------
+# ---- the packaged samples (real records) -------------------------------------------------------------------
 
 
-@needs_data
-@pytest.mark.parametrize("name", sorted(DATASETS))
-def test_every_dataset_loads(name: str) -> None:
-    examples = load_examples(name, n=20)
-    expected = 12 if name == "triviaqa_longbench" else 20
-    assert len(examples) == expected
+@pytest.mark.parametrize("name", sorted(PACKAGED))
+def test_every_packaged_dataset_loads(name: str) -> None:
+    examples = load_examples(name, n=100)
+    assert len(examples) == PACKAGED[name]
+    assert ds.dataset_source(name).is_packaged
     assert len({ex.id for ex in examples}) == len(examples)
     task = DATASETS[name].task
     for ex in examples:
@@ -199,11 +174,16 @@ def test_every_dataset_loads(name: str) -> None:
             assert ex.answers
 
 
-@needs_data
+def test_the_one_dataset_not_packaged_names_the_ways_to_get_it() -> None:
+    with pytest.raises(DataNotFound, match="scout data import PATH") as info:
+        load_examples("triviaqa_longbench", n=2)
+    assert "--source hub" in str(info.value) and "SCOUT_DATA" in str(info.value)
+
+
 def test_squad_answers_occur_in_context() -> None:
     examples = load_examples("squad_v2", n=200, seed=5)
     answerable = [ex for ex in examples if not ex.is_impossible]
-    assert 50 < len(answerable) < 150  # the set is about half unanswerable
+    assert len(answerable) == 26 and len(examples) - len(answerable) == 6
     for ex in answerable:
         assert ex.answers
         assert all(answer in ex.context for answer in ex.answers), ex.id
@@ -213,17 +193,17 @@ def test_squad_answers_occur_in_context() -> None:
             assert ex.answers == []
 
 
-@needs_data
 def test_squad_answerable_only() -> None:
     examples = load_examples("squad_v2", n=50, answerable_only=True, seed=2)
-    assert len(examples) == 50
+    assert len(examples) == 26  # fewer than n survive: what exists, no error
     assert all(not ex.is_impossible and ex.answers for ex in examples)
 
 
-@needs_data
 @pytest.mark.parametrize("name", ["mmlu", "mmlu_dev"])
 def test_mmlu_schema(name: str) -> None:
-    for ex in load_examples(name, n=40, seed=11):
+    examples = load_examples(name, n=100, seed=11)
+    assert len(examples) == PACKAGED[name]
+    for ex in examples:
         assert ex.choices is not None and len(ex.choices) == 4
         assert ex.answer_index is not None and 0 <= ex.answer_index <= 3
         assert ex.answers[0] == "ABCD"[ex.answer_index]
@@ -231,35 +211,72 @@ def test_mmlu_schema(name: str) -> None:
         assert ex.extra["subject"]
 
 
-@needs_data
 def test_mmlu_subject_filter() -> None:
-    examples = load_examples("mmlu", n=30, subjects=["anatomy", "nutrition"])
-    assert len(examples) == 30
-    assert {ex.extra["subject"] for ex in examples} <= {"anatomy", "nutrition"}
+    examples = load_examples("mmlu_dev", n=30, subjects=["philosophy", "jurisprudence"])
+    assert len(examples) == 10  # the dev pool: five per subject
+    assert {ex.extra["subject"] for ex in examples} == {"philosophy", "jurisprudence"}
     with pytest.raises(ValueError, match="anatomyy"):
         load_examples("mmlu", n=5, subjects=["anatomyy"])
 
 
-@needs_data
 def test_hotpot_contexts() -> None:
-    for ex in load_examples("hotpotqa", n=20):
+    for ex in load_examples("hotpotqa", n=16):
         assert ex.context.strip()
         assert ex.extra["paragraphs"]
         first_title = ex.extra["paragraphs"][0]["title"]
         assert ex.context.startswith(first_title)
 
 
-@needs_data
 def test_real_sampling_determinism() -> None:
-    a = [ex.id for ex in load_examples("triviaqa", n=25, seed=0)]
-    b = [ex.id for ex in load_examples("triviaqa", n=25, seed=0)]
-    c = [ex.id for ex in load_examples("triviaqa", n=25, seed=1)]
+    a = [ex.id for ex in load_examples("triviaqa", n=8, seed=0)]
+    b = [ex.id for ex in load_examples("triviaqa", n=8, seed=0)]
+    c = [ex.id for ex in load_examples("triviaqa", n=8, seed=1)]
     assert a == b
     assert a != c
-    assert len(set(a) & set(c)) < 25
+    assert len(set(a) & set(c)) < 8
 
 
-@needs_data
 def test_max_context_chars_on_real_data() -> None:
     examples = load_examples("triviaqa", n=20, max_context_chars=2000)
     assert examples and all(len(ex.context) <= 2000 for ex in examples)
+    assert len(examples) < len(load_examples("triviaqa"))
+
+
+def test_callers_get_the_items_they_ask_for() -> None:
+    """The packaged SQuAD v2 sample serves the demo's, the fixtures' and the benchmarks' calls."""
+    assert len(load_examples("squad_v2", n=4, seed=7, answerable_only=True, max_context_chars=600)) == 4
+    assert len(load_examples("squad_v2", n=16, seed=7, answerable_only=True, max_context_chars=700)) == 16
+    assert len(load_examples("squad_v2", n=6, seed=0, answerable_only=True, max_context_chars=1200)) == 6
+    few = load_examples("squad_v2", n=400, seed=11, answerable_only=True, max_context_chars=400)
+    assert 0 < len(few) < 400
+
+
+def test_data_directory_copy_wins_over_the_packaged_sample(fake_root: Path) -> None:
+    source = ds.dataset_source("squad_v2")
+    assert source.source == f"data-dir:{fake_root.resolve()}"
+    assert len(load_examples("squad_v2")) == 30
+    assert ds.dataset_source("triviaqa").is_packaged  # the root lacks it: the packaged sample
+    assert ds.dataset_source("squad_v2", packaged_only=True).is_packaged
+
+
+def test_sample_records_is_the_file_rule(fake_root: Path) -> None:
+    records = list(load_jsonl(fake_root / "data" / "squad_v2" / "squad_v2_dev.jsonl"))
+    direct = ds.sample_records("squad_v2", reversed(records), n=7, seed=4, answerable_only=True)
+    assert direct == load_examples("squad_v2", n=7, seed=4, answerable_only=True)
+
+
+def test_check_dataset_file_finds_bad_records(tmp_path: Path) -> None:
+    path = tmp_path / "squad_v2" / "x.jsonl"
+    good = _squad_records(3)
+    _write_jsonl(path, [*good, {"id": "q0", "question": "dup?", "answers": []}, {"question": "q", "answers": ["a"]}])
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"id": "z", "question": 3, "answers": []}\n{broken\n')
+    count, problems = ds.check_dataset_file(path)
+    assert count == 7
+    assert [p.split(": ", 1)[0] for p in problems] == ["x.jsonl:4", "x.jsonl:5", "x.jsonl:6", "x.jsonl:7"]
+    assert "duplicate id" in problems[0] and "'id'" in problems[1] and "question" in problems[2]
+    assert "invalid JSON" in problems[3]
+    assert ds.check_dataset_file(tmp_path / "squad_v2" / "x.jsonl", max_problems=1)[1] == problems[:1]
+    clean = tmp_path / "clean.jsonl"
+    _write_jsonl(clean, [*good, {"id": "u", "question": "q\u2028?", "answers": [], "context": "a\u2028b"}])
+    assert ds.check_dataset_file(clean) == (4, [])

@@ -1,4 +1,6 @@
-"""`scout_eval.hub`: hub rows convert to exactly the local records they mirror (real records from ../shared/data)."""
+"""`scout_eval.hub`: hub rows convert to exactly the local records they mirror (real records: the packaged samples).
+
+HOME and SCOUT_DATA point at empty tmp folders, so the records are the packaged ones whatever this machine holds."""
 
 from __future__ import annotations
 
@@ -9,9 +11,19 @@ from typing import Any
 
 import pytest
 
-from scout.datasets import dataset_path, load_examples, load_jsonl, to_example
+from scout.dataroot import DATA_ENV
+from scout.datasets import dataset_path, load_jsonl, to_example
 from scout_eval.hub import CONVERTERS, HubUnavailable, hub_records
 from scout_eval.runner import RunConfig
+from scout_eval.sources import load_from_source
+
+
+@pytest.fixture(autouse=True)
+def packaged_only(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records are the packaged ones: an empty HOME, no data directory variables."""
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    for var in (DATA_ENV, "XDG_DATA_HOME"):
+        monkeypatch.delenv(var, raising=False)
 
 
 def _local(name: str, k: int, where: Any = None) -> list[dict[str, Any]]:
@@ -57,13 +69,15 @@ def test_hotpotqa_rows_rebuild_the_local_context_exactly() -> None:
 
 
 def test_mmlu_rows_are_numbered_per_subject_like_the_local_file() -> None:
-    local = _local("mmlu", 300)  # the file is in subject order, as the hub's "all" config
+    # The packaged dev pool holds every row of its subjects, in subject order as the hub's "all" config, so the
+    # per-subject numbering is checked end to end (the test sample holds a few rows per subject only).
+    local = _local("mmlu_dev", 300)
     assert len({r["subject"] for r in local}) >= 2
     rows = [
         {"question": r["question"], "subject": r["subject"], "choices": r["choices"], "answer": r["answer_index"]}
         for r in local
     ]
-    assert list(CONVERTERS["mmlu"](rows)) == local
+    assert list(CONVERTERS["mmlu_dev"](rows)) == local
     with pytest.raises(ValueError, match="outside its choices"):
         list(CONVERTERS["mmlu"]([{**rows[0], "answer": 7}]))
 
@@ -88,11 +102,11 @@ def test_every_hub_source_has_a_converter() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="'datasets' is installed here")
 def test_without_datasets_the_hub_source_says_what_to_install() -> None:
     with pytest.raises(HubUnavailable, match=r"pip install -e '\.\[hub\]'"):
-        load_examples("squad_v2", n=3, source="hub")
+        load_from_source("hub", "squad_v2", n=3)
     with pytest.raises(ValueError, match="no hub source"):
         list(hub_records("nope"))
     with pytest.raises(ValueError, match="source must be"):
-        load_examples("squad_v2", n=3, source="ftp")
+        load_from_source("ftp", "squad_v2", n=3)
 
 
 def test_source_names_hub_runs_and_keeps_file_runs_resumable(tmp_path: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -587,16 +588,34 @@ def cli() -> typer.Typer:
     return app
 
 
-def test_cli_traces_list_json() -> None:
-    from scout.channel.traces import list_traces, traces_dir
+SYNTHETIC = Path(__file__).resolve().parents[1] / "fixtures" / "traces" / "synthetic_lte_ul_walking.csv"
 
+
+@pytest.fixture
+def trace_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data directory holding the synthetic uplink trace, for --data-dir; no data directory otherwise."""
+    traces = tmp_path / "data-root" / "traces"
+    traces.mkdir(parents=True)
+    shutil.copy(SYNTHETIC, traces)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("SCOUT_DATA", "XDG_DATA_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    return traces.parent
+
+
+def test_cli_traces_list_json(trace_root: Path) -> None:
     result = CliRunner().invoke(cli(), ["traces", "list", "--json"])
     assert result.exit_code == 0, result.output
+    packaged = json.loads(result.output)
+    assert {r["direction"] for r in packaged} == {"downlink"} and len(packaged) == 2  # the two Lumos5G traces
+    result = CliRunner().invoke(cli(), ["traces", "list", "--json", "--data-dir", str(trace_root)])
+    assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert len(rows) == len(list(traces_dir().glob("*.csv")))
-    up = CliRunner().invoke(cli(), ["traces", "list", "--direction", "uplink"])
-    assert up.exit_code == 0 and f"{len(list_traces(direction='uplink'))} traces;" in up.output
-    assert {r["direction"] for r in rows} == {"uplink", "downlink"}
+    assert [r["name"] for r in rows] == [SYNTHETIC.stem] + [r["name"] for r in packaged]  # uplink first
+    up = CliRunner().invoke(cli(), ["traces", "list", "--direction", "uplink", "--data-dir", str(trace_root)])
+    assert up.exit_code == 0 and "1 traces;" in up.output
+    missing = CliRunner().invoke(cli(), ["traces", "list", "--data-dir", str(trace_root / "nope")])
+    assert missing.exit_code == 2 and "--data-dir" in missing.output
 
 
 def test_cli_simulate_requires_a_table() -> None:
@@ -606,21 +625,21 @@ def test_cli_simulate_requires_a_table() -> None:
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
 
 
-def test_cli_simulate_writes_reports(tmp_path: Path) -> None:
+def test_cli_simulate_writes_reports(tmp_path: Path, trace_root: Path) -> None:
     table_path = make_table().save(tmp_path / "ops.json")
     stages_path = make_stages().save(tmp_path / "stages.json")
     out = tmp_path / "out"
     args = [
-        "simulate", "--trace", "umn_tmo_sa5g_ul_walking_run20070", "--table", str(table_path), "--stages",
+        "simulate", "--trace", SYNTHETIC.stem, "--table", str(table_path), "--stages",
         str(stages_path), "--requests", "30", "--interarrival", "3", "--deadline", "1.0,2.0", "--context-tokens",
-        "1000", "--policies", "adaptive:harmonic,static:int8,oracle", "--out", str(out),
+        "1000", "--policies", "adaptive:harmonic,static:int8,oracle", "--out", str(out), "--data-dir", str(trace_root),
     ]  # fmt: skip
     result = CliRunner().invoke(cli(), args)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "simulation.json").read_text())
     names = [r["policy"]["name"] for r in data["comparison"]["results"]]
     assert names == ["adaptive:harmonic", "static:int8", "oracle"]
-    assert "umn_tmo_sa5g_ul_walking_run20070" in data["meta"]["bandwidth"]
+    assert SYNTHETIC.stem in data["meta"]["bandwidth"]
     assert "| adaptive:harmonic |" in (out / "simulation.md").read_text()
     assert (out / "simulation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

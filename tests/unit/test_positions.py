@@ -11,19 +11,18 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import re
 import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scout.dataroot import packaged_dir
 from scout.positions import (
     Codec,
     PositionSetError,
@@ -34,9 +33,8 @@ from scout.positions import (
     study_bytes,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("SCOUT_SHARED", REPO_ROOT.parent / "shared"))
-SQUAD_DEV = SHARED / "data" / "squad_v2" / "squad_v2_dev.jsonl"
+SQUAD_DEV = packaged_dir() / "datasets" / "squad_v2" / "squad_v2_dev.jsonl"
+"""The SQuAD v2 sample packaged with Scout (real contexts; 32 items)."""
 
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -404,8 +402,6 @@ def test_mutated_encodings_raise_or_decode_canonically(case: tuple[int, np.ndarr
 
 
 def _squad_contexts(limit: int) -> list[str]:
-    if not SQUAD_DEV.exists():
-        pytest.skip(f"shared data not found at {SQUAD_DEV} (set SCOUT_SHARED)")
     contexts: list[str] = []
     seen: set[str] = set()
     with SQUAD_DEV.open(encoding="utf-8") as f:
@@ -421,7 +417,7 @@ def _squad_contexts(limit: int) -> list[str]:
 
 def test_real_squad_contexts_at_75_percent_retention() -> None:
     contexts = _squad_contexts(200)
-    assert len(contexts) == 200
+    assert len(contexts) == 31  # the packaged sample: 32 questions on 31 distinct paragraphs
     rng = np.random.default_rng(20240501)
     ratios: dict[str, list[float]] = {"clustered": [], "uniform": []}
     winners: dict[str, Counter[str]] = {"clustered": Counter(), "uniform": Counter()}
@@ -442,7 +438,8 @@ def test_real_squad_contexts_at_75_percent_retention() -> None:
             winners[name][Codec(data[0]).name] += 1
     medians = {name: float(np.median(values)) for name, values in ratios.items()}
     print(
-        f"\nSQuAD v2 dev, first 200 contexts, whitespace tokens, 75 % kept: median study_bytes/encoded = "
+        f"\nSQuAD v2 dev (packaged sample), {len(contexts)} contexts, whitespace tokens, 75 % kept: "
+        "median study_bytes/encoded = "
         f"{medians['clustered']:.1f}x clustered ({dict(winners['clustered'])}), "
         f"{medians['uniform']:.1f}x uniform ({dict(winners['uniform'])})"
     )

@@ -11,20 +11,22 @@ from pathlib import Path
 import pytest
 
 from scout.channel.process import StepProcess
+from scout.dataroot import DATA_ENV, using_data_dir
 from scout.policy.allocator import allocate_brute_force
 from scout.policy.operating_points import OperatingPoint, OperatingPointTable
 from scout.policy.planner import ModeStages, StageCost, StageTimes
 from scout_cli.benchmarks.stages import build_stage_times, fit_linear
 from scout_eval.suite import (
-    CellDevice,
+    DEFAULT_CELL_TRACE,
+    DEFAULT_TRACES,
     SuiteConfig,
     deadline_list,
     default_policies,
+    resolve_default_traces,
     restrict_table,
-    run_cell_static,
-    run_cell_trace,
     run_suite,
 )
+from scout_eval.suite_cell import CellDevice, run_cell_static, run_cell_trace
 from scout_eval.suite_report import digest, headline, write_readme
 
 
@@ -165,17 +167,50 @@ def test_cell_model_aware_meets_more_and_the_trace_cell_matches_on_a_constant_li
         assert cell[name]["met_pct"] == pytest.approx(100 * alloc.met / 4)  # a constant link: plans come true
 
 
-def test_suite_writes_every_output_and_consistent_verdicts(tmp_path: Path) -> None:
+SYNTHETIC = Path(__file__).resolve().parents[1] / "fixtures" / "traces" / "synthetic_lte_ul_walking.csv"
+"""A synthetic 0.1 s uplink trace (tests/fixtures/traces): the suite's input here, never a measurement."""
+
+
+@pytest.fixture
+def trace_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data directory holding the synthetic trace; HOME empty and SCOUT_DATA unset (the packaged traces only)."""
+    root = tmp_path / "data-root"
+    (root / "traces").mkdir(parents=True)
+    (root / "traces" / SYNTHETIC.name).write_bytes(SYNTHETIC.read_bytes())
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    return root
+
+
+def test_default_traces_are_the_imported_uplink_ones_else_the_packaged(trace_root: Path) -> None:
+    packaged = resolve_default_traces()
+    lumos = ["lumos5g_vzw_mmwave5g_dl_driving_trace103", "lumos5g_vzw_mmwave5g_dl_walking_trace100"]
+    assert packaged.traces == ["markov", *lumos] and packaged.cell_trace == lumos[0]
+    assert "scout data import PATH" in packaged.note and "(downlink)" in packaged.note
+    for name in [*DEFAULT_TRACES[1:3], DEFAULT_CELL_TRACE]:  # two of the six measured ones, and the cell's
+        (trace_root / "traces" / f"{name}.csv").write_bytes(SYNTHETIC.read_bytes())
+    some = resolve_default_traces(trace_root)
+    assert some.traces == DEFAULT_TRACES[:3] and some.cell_trace == DEFAULT_CELL_TRACE
+    assert some.note.startswith("not in the data directory") and DEFAULT_TRACES[-1] in some.note
+    for name in DEFAULT_TRACES[3:]:
+        (trace_root / "traces" / f"{name}.csv").write_bytes(SYNTHETIC.read_bytes())
+    full = resolve_default_traces(trace_root)
+    assert (full.traces, full.cell_trace, full.note) == (DEFAULT_TRACES, DEFAULT_CELL_TRACE, "")
+
+
+def test_suite_writes_every_output_and_consistent_verdicts(tmp_path: Path, trace_root: Path) -> None:
     cfg = SuiteConfig(
-        traces=["markov", "nuwins_mmwave5g_ul_walking_toward_run1"],
+        traces=["markov", SYNTHETIC.stem],
         context_tokens=1000,
         slacks_s=[0.5, 1.0, 2.0],
         requests=25,
         bootstrap=100,
         cell_rounds=5,
-        cell_trace="nuwins_mmwave5g_ul_walking_toward_run1",
+        cell_trace=SYNTHETIC.stem,
     )
-    summary = run_suite([small_pair(), large_pair()], cfg, tmp_path / "measured")
+    with using_data_dir(trace_root):
+        summary = run_suite([small_pair(), large_pair()], cfg, tmp_path / "measured")
     for name in cfg.traces:
         for ext in ("json", "md", "png"):
             assert (tmp_path / "measured" / "traces" / f"{name}.{ext}").stat().st_size > 0
@@ -225,11 +260,11 @@ def test_stage_bench_resumes_only_with_the_same_settings(tmp_path: Path) -> None
 
 
 def test_cli_builds_tables_from_eval_runs_and_writes_the_readme(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trace_root: Path
 ) -> None:
     from typer.testing import CliRunner
 
-    import scout_eval.operating_points as eop
+    import scout_eval.op_tables as eop
     from scout.policy.operating_points import KVGeometry
     from scout_cli.main import app
 
@@ -262,9 +297,9 @@ def test_cli_builds_tables_from_eval_runs_and_writes_the_readme(
     out = tmp_path / "sim"
     args = [
         "simulate-suite", "--eval-root", str(root), "--pair", "e-model:c-model", "--pair", "x-model:c-model",
-        "--stages-dir", str(stages_dir), "--traces", "nuwins_mmwave5g_ul_walking_toward_run1", "--requests", "10",
-        "--context-tokens", "256", "--cell-trace", "nuwins_mmwave5g_ul_walking_toward_run1", "--measured-only",
-        "--out", str(out),
+        "--stages-dir", str(stages_dir), "--traces", SYNTHETIC.stem, "--requests", "10",
+        "--context-tokens", "256", "--cell-trace", SYNTHETIC.stem, "--measured-only",
+        "--out", str(out), "--data-dir", str(trace_root),
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -1,4 +1,8 @@
-"""Measured cellular throughput traces (``../shared/traces``): parse, describe, and replay as a `BandwidthProcess`.
+"""Measured cellular throughput traces: parse, describe, and replay as a `BandwidthProcess`.
+
+Where they come from (`scout.dataroot`): the data directory's ``traces/`` (``scout data import``, ``$SCOUT_DATA``,
+``--data-dir``) first, then the traces packaged with Scout (the two CC BY 4.0 Lumos5G downlink traces; the
+measured uplink traces carry no redistribution license and are imported by the user).
 
 Why: the study simulated its adaptive policy on a synthetic Markov chain and named "real wireless channels"
 as an open question. These are measured 4G/5G uplink and downlink traces, so a policy can be judged on the
@@ -30,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from scout.channel.process import StepProcess
+from scout.dataroot import DataNotFound, DataSource, file_source, trace_folders
 
 __all__ = [
     "Trace",
@@ -39,6 +44,7 @@ __all__ = [
     "list_traces",
     "load_trace",
     "replay",
+    "trace_source",
     "traces_dir",
 ]
 
@@ -50,11 +56,9 @@ _GRID_TOL = 1e-6
 Direction = Literal["uplink", "downlink", "unknown"]
 
 
-def traces_dir() -> Path:
-    """``<shared>/traces``, the shared folder being resolved by `scout.datasets.shared_dir`."""
-    from scout.datasets import shared_dir
-
-    return shared_dir() / "traces"
+def traces_dir(data_dir: Path | str | None = None) -> Path:
+    """The first trace folder searched: the data directory's ``traces/`` if it has one, else the packaged traces."""
+    return trace_folders(data_dir)[0][0]
 
 
 class TraceInfo(BaseModel):
@@ -217,40 +221,69 @@ def _info(path: Path, step: float, mbps: np.ndarray, meta: dict[str, str] | None
     )
 
 
-def _resolve(name: str | Path, folder: Path | None) -> Path:
+def _find(name: str | Path, folder: Path | None, data_dir: Path | str | None) -> tuple[Path, str]:
+    """(file, source) of a trace named by path, file name or stem: ``folder`` alone when given, else the data
+    directory's traces then the packaged ones."""
     path = Path(name)
     if path.suffix == ".csv" and path.is_file():
-        return path
-    folder = folder or traces_dir()
+        return path, f"file:{path.parent}"
+    folders = [(folder, f"file:{folder}")] if folder is not None else trace_folders(data_dir)
     # Names may contain dots (raca5g_..._14.23.32), so only a literal ".csv" suffix is stripped.
-    stem = Path(name).name.removesuffix(".csv")
-    candidate = folder / f"{stem}.csv"
-    if candidate.is_file():
-        return candidate
-    known = ", ".join(sorted(p.stem for p in folder.glob("*.csv")))
-    raise FileNotFoundError(f"no trace {str(name)!r} in {folder}; known: {known}")
+    stem = path.name.removesuffix(".csv")
+    for where, source in folders:
+        candidate = where / f"{stem}.csv"
+        if candidate.is_file():
+            return candidate, source
+    known = ", ".join(sorted({p.stem for where, _ in folders for p in where.glob("*.csv")}))
+    searched = [str(where) for where, _ in folders]
+    if folder is not None:
+        raise FileNotFoundError(f"no trace {str(name)!r} in {folder}; known: {known}")
+    raise DataNotFound(f"trace {str(name)!r} (known here: {known or 'none'})", searched)
 
 
-def load_trace(name: str | Path, folder: Path | None = None) -> Trace:
+def trace_source(name: str | Path, folder: Path | None = None, data_dir: Path | str | None = None) -> DataSource:
+    """Where a trace is read from (``data-dir:<path>``, ``packaged-sample``, or ``file:<folder>``) and its
+    SHA-256."""
+    path, source = _find(name, folder, data_dir)
+    return file_source(path, source)
+
+
+def load_trace(name: str | Path, folder: Path | None = None, data_dir: Path | str | None = None) -> Trace:
     """Load one trace by file stem (``umn_tmo_sa5g_ul_walking_run20070``), file name, or path."""
-    path = _resolve(name, folder)
+    path, _ = _find(name, folder, data_dir)
     step, mbps = _parse_csv(path)
     info = _info(path, step, mbps, _readme_table(path.parent).get(path.name))
     return Trace(info=info, rates_bps=mbps * BITS_PER_MBIT)
 
 
-def list_traces(folder: Path | None = None, direction: Direction | None = None) -> list[TraceInfo]:
-    """Every ``*.csv`` trace in the folder (default: the shared traces), sorted by direction then name."""
-    folder = folder or traces_dir()
-    table = _readme_table(folder)
-    out = []
-    for path in sorted(folder.glob("*.csv")):
-        step, mbps = _parse_csv(path)
-        info = _info(path, step, mbps, table.get(path.name))
-        if direction is None or info.direction == direction:
-            out.append(info)
+def list_traces(
+    folder: Path | None = None, direction: Direction | None = None, data_dir: Path | str | None = None
+) -> list[TraceInfo]:
+    """Every ``*.csv`` trace in ``folder``, or by default in the data directory's traces and the packaged ones
+    (a name in the data directory hides a packaged file of the same name), sorted by direction then name."""
+    folders = [folder] if folder is not None else [where for where, _ in trace_folders(data_dir)]
+    out: dict[str, TraceInfo] = {}
+    for where in folders:
+        table = _readme_table(where)
+        for path in sorted(where.glob("*.csv")):
+            if path.stem in out:
+                continue
+            step, mbps = _parse_csv(path)
+            info = _info(path, step, mbps, table.get(path.name))
+            out[path.stem] = info
     order = {"uplink": 0, "downlink": 1, "unknown": 2}
-    return sorted(out, key=lambda i: (order[i.direction], i.name))
+    keep = [i for i in out.values() if direction is None or i.direction == direction]
+    return sorted(keep, key=lambda i: (order[i.direction], i.name))
+
+
+def check_trace_file(path: Path) -> str | None:
+    """What is wrong with a trace file (header ``t_s,mbps``, times from 0 on a uniform, increasing grid, finite
+    non-negative rates), or None; for ``scout data import``."""
+    try:
+        _parse_csv(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return str(exc)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from scout_cli.console import console, fail, say
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -15,7 +16,6 @@ def _floats(text: str | None) -> list[float] | None:
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    console = Console()
     eval_app = typer.Typer(
         help="Reproduce the study's tables on real data and models (resumable).", no_args_is_help=True
     )
@@ -42,13 +42,23 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option()] = None,
         dtype: Annotated[str, typer.Option(help="auto: bf16 where the hardware has it, else fp32")] = "auto",
         source: Annotated[
-            str, typer.Option(help="file (../shared/data) or hub (the full set; needs the 'hub' extra and network)")
+            str,
+            typer.Option(
+                help="file (the data directory, else the packaged sample), sample (the packaged sample), "
+                "or hub (the full set; needs the 'hub' extra and network)"
+            ),
         ] = "file",
+        data_dir: Annotated[
+            Path | None,
+            typer.Option(help="data directory with data/<dataset>/*.jsonl (default: $SCOUT_DATA, then the user's)"),
+        ] = None,
     ) -> None:
         """Run an experiment, appending one result line per sample; rerun the same command to continue."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+        from scout.dataroot import DataNotFound, using_data_dir
         from scout.models import preferred_dtype
+        from scout_eval.hub import HubUnavailable
         from scout_eval.runner import RunConfig, run_experiment
 
         if dtype == "auto":
@@ -85,10 +95,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 bar.update(task, completed=done, total=total)
 
             try:
-                run_dir = run_experiment(cfg, limit=limit, progress=tick, command=["scout", *sys.argv[1:]])
-            except ValueError as e:
-                console.print(f"[red]error[/red] {e}")
-                raise typer.Exit(2) from None
+                with using_data_dir(data_dir):
+                    run_dir = run_experiment(
+                        cfg, limit=limit, progress=tick, command=["scout", *sys.argv[1:]], notify=say
+                    )
+            except (ValueError, DataNotFound, HubUnavailable) as e:
+                fail(str(e))
         console.print(f"[green]results[/green] {run_dir}/samples.jsonl — `scout eval report` to (re)build reports")
 
     @eval_app.command("report")

@@ -13,31 +13,24 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True)
+from scout_cli.console import console, print_table, say
+from scout_cli.console import fail as _fail
+from scout_cli.console import parse_floats as _floats
 
-
-def _fail(msg: str) -> None:
-    err.print(f"[red]error:[/red] {msg}", soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        _fail(f"{what}: expected comma-separated numbers, got {text!r}")
-    if not values:
-        _fail(f"{what}: empty list")
-    return values
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="data directory with traces/*.csv (default: $SCOUT_DATA, then the user's)"),
+]
 
 
 def traces_list(
     direction: Annotated[str | None, typer.Option(help="uplink or downlink (default: both)")] = None,
-    folder: Annotated[Path | None, typer.Option("--dir", help="trace folder (default: <shared>/traces)")] = None,
+    folder: Annotated[
+        Path | None, typer.Option("--dir", help="one trace folder only (default: the data directory's and packaged)")
+    ] = None,
+    data_dir: DataDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """The measured throughput traces: link, technology, duration and rate statistics (Mbit/s)."""
@@ -46,7 +39,7 @@ def traces_list(
     if direction not in (None, "uplink", "downlink"):
         _fail(f"--direction must be uplink or downlink, got {direction!r}")
     try:
-        infos = list_traces(folder, direction)  # type: ignore[arg-type]
+        infos = list_traces(folder, direction, data_dir=data_dir)  # type: ignore[arg-type]
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
@@ -67,11 +60,13 @@ def traces_list(
             f"{i.p90_mbps:.2f}",
             f"{100 * i.zero_fraction:.1f}",
         )
-    console.print(table)
+    print_table(table)
     console.print(f"{len(infos)} traces; rates in Mbit/s (10^6 bit/s)")
 
 
-def _process(trace: str, *, seed: int, speed: float, offset: float, loop: bool, step: float) -> tuple[Any, str]:
+def _process(
+    trace: str, *, seed: int, speed: float, offset: float, loop: bool, step: float, data_dir: Path | None = None
+) -> tuple[Any, str]:
     """The bandwidth process named by ``--trace`` and a one-line description for the report."""
     from scout.channel.markov import MarkovBandwidth, MarkovConfig, study_preset
     from scout.channel.traces import TraceReplay, load_trace
@@ -82,7 +77,7 @@ def _process(trace: str, *, seed: int, speed: float, offset: float, loop: bool, 
     if trace.startswith("markov:"):
         cfg = MarkovConfig.model_validate_json(Path(trace.split(":", 1)[1]).read_text(encoding="utf-8"))
         return MarkovBandwidth(cfg), f"Markov chain {cfg.name} from {trace.split(':', 1)[1]}, seed {cfg.seed}"
-    tr = load_trace(trace)
+    tr = load_trace(trace, data_dir=data_dir)
     desc = (
         f"trace {tr.name} ({tr.info.direction}, {tr.info.link or tr.info.generation}), speed {speed:g}, "
         f"offset {offset:g} s, {'looped' if loop else 'not looped'}"
@@ -121,6 +116,7 @@ def simulate_cmd(
         ),
     ] = False,
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("simulate-out"),
+    data_dir: DataDirOption = None,
 ) -> None:
     """Compare policies on a request stream over a trace or the Markov chain; writes JSON, Markdown and a PNG."""
     if table_path is None:
@@ -152,7 +148,9 @@ def simulate_cmd(
             model_pair=pair,
             seed=seed,
         )
-        process, desc = _process(trace, seed=seed, speed=speed, offset=offset, loop=loop, step=markov_step)
+        process, desc = _process(
+            trace, seed=seed, speed=speed, offset=offset, loop=loop, step=markov_step, data_dir=data_dir
+        )
         config = SimConfig(probe_interval_s=probe_interval or None, seed=seed, plan_after_prefill=plan_after_prefill)
         comparison = compare(request_stream(stream), process, table, stages, specs, config)
     except (OSError, ValueError, KeyError, ValidationError) as exc:
@@ -198,7 +196,7 @@ def simulate_cmd(
             f"{s.latency_p95_s:.3f}",
             f"{gap['met_pct']:+.1f}",
         )
-    console.print(t)
+    print_table(t)
     console.print(f"bandwidth: {desc}")
     for kind, p in paths.items():
         console.print(f"  {kind}: {p}")
@@ -254,7 +252,9 @@ def bench_stages(
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add ``scout traces list``, ``scout simulate``, ``scout simulate-suite`` and ``scout bench stages``."""
-    traces_app = typer.Typer(help="Measured 4G/5G throughput traces (../shared/traces).", no_args_is_help=True)
+    traces_app = typer.Typer(
+        help="Measured 4G/5G throughput traces (the data directory's and the packaged ones).", no_args_is_help=True
+    )
     traces_app.command("list")(traces_list)
     app.add_typer(traces_app, name="traces")
     app.command("simulate")(simulate_cmd)
@@ -279,7 +279,7 @@ def _suite_inputs(
     from scout.policy.operating_points import OperatingPointTable
     from scout.policy.planner import StageTimes
     from scout_cli.benchmarks.stages import stage_file_name
-    from scout_eval.operating_points import NoMeasuredPoints, build_pair_table, collect_runs, table_file_name
+    from scout_eval.op_tables import NoMeasuredPoints, build_pair_table, collect_runs, table_file_name
 
     loaded: list[tuple[Any, Path]] = [(OperatingPointTable.load(t), t) for t in tables]
     notes: list[str] = []
@@ -343,9 +343,9 @@ def simulate_suite_cmd(
     requests: Annotated[int, typer.Option(help="requests per trace")] = 200,
     interarrival: Annotated[float, typer.Option(help="mean seconds between requests")] = 5.0,
     seed: Annotated[int, typer.Option(help="seed of requests and the Markov chain")] = 0,
-    cell_trace: Annotated[str, typer.Option(help="trace of the multi-device cell")] = (
-        "umn_tmo_nsa5g_ul_walking_run20086"
-    ),
+    cell_trace: Annotated[
+        str | None, typer.Option(help="trace of the multi-device cell (default: the suite's, if imported)")
+    ] = None,
     cell_capacity: Annotated[float, typer.Option(help="static cell capacity, Mbit/s")] = 50.0,
     cell_devices: Annotated[int, typer.Option(help="devices in the cell")] = 4,
     cell_slack: Annotated[float, typer.Option(help="cell deadline slack over compute, s")] = 1.0,
@@ -353,6 +353,7 @@ def simulate_suite_cmd(
         bool, typer.Option("--transfer-only-too/--measured-only", help="also run with zero compute")
     ] = True,
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("reports/simulate"),
+    data_dir: DataDirOption = None,
 ) -> None:
     """Every policy (static full/int8/int4/mixed/scout, adaptive per estimator, robust, oracle) on the Markov
     preset and measured uplink traces, plus the multi-device cell; JSON, Markdown and PNG, and a README."""
@@ -360,11 +361,17 @@ def simulate_suite_cmd(
 
     from pydantic import ValidationError
 
+    from scout.dataroot import using_data_dir
     from scout.policy.planner import StageTimes
-    from scout_eval.suite import DEFAULT_TRACES, SuiteConfig, run_suite
+    from scout_eval.suite import SuiteConfig, resolve_default_traces, run_suite
     from scout_eval.suite_report import write_readme
 
-    traces = traces or ",".join(DEFAULT_TRACES)
+    if traces is None or cell_trace is None:
+        defaults = resolve_default_traces(data_dir)
+        if defaults.note:
+            say(f"traces: {defaults.note}")
+        traces = traces or ",".join(defaults.traces)
+        cell_trace = cell_trace or defaults.cell_trace
 
     if not tables and eval_root is None:
         _fail("give --table/--stages, or --eval-root with --pair")
@@ -390,12 +397,19 @@ def simulate_suite_cmd(
             cell_slack_s=cell_slack,
             cell_trace=cell_trace,
         )
-        summaries = {"measured": run_suite(triples, cfg, out / "measured", progress=lambda m: console.print(f"  {m}"))}
-        if transfer_only_too:
-            zero = [(t, p, StageTimes.transfer_only(p, s.modes)) for t, p, s in triples]
-            summaries["transfer_only"] = run_suite(
-                zero, cfg, out / "transfer_only", label="transfer only: ", progress=lambda m: console.print(f"  {m}")
-            )
+        with using_data_dir(data_dir):
+            summaries = {
+                "measured": run_suite(triples, cfg, out / "measured", progress=lambda m: console.print(f"  {m}"))
+            }
+            if transfer_only_too:
+                zero = [(t, p, StageTimes.transfer_only(p, s.modes)) for t, p, s in triples]
+                summaries["transfer_only"] = run_suite(
+                    zero,
+                    cfg,
+                    out / "transfer_only",
+                    label="transfer only: ",
+                    progress=lambda m: console.print(f"  {m}"),
+                )
     except (OSError, ValueError, KeyError, ValidationError) as exc:
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
         _fail(text.splitlines()[0] if text else type(exc).__name__)

@@ -82,12 +82,15 @@ class SoakDocument(BaseModel):
 
 
 def load_documents(n: int, *, seed: int = 7, max_context_chars: int = 600) -> list[SoakDocument]:
-    """``n`` answerable SQuAD v2 prompts with short contexts (from the shared data folder)."""
+    """``n`` answerable SQuAD v2 prompts with short contexts (the data directory's set, else the packaged sample)."""
     from scout.datasets import load_examples
 
     examples = load_examples("squad_v2", n=n, seed=seed, answerable_only=True, max_context_chars=max_context_chars)
     if not examples:
-        raise ValueError("no SQuAD v2 examples found (is ../shared/data present?)")
+        raise ValueError(
+            f"no answerable SQuAD v2 example has a context of at most {max_context_chars} characters here; "
+            "import the full set with `scout data import PATH` (or set SCOUT_DATA)"
+        )
     return [SoakDocument(id=ex.id, question=ex.question, context=ex.context) for ex in examples]
 
 
