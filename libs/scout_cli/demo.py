@@ -19,20 +19,18 @@ is exactly the configured rate), then forced ``full``, ``int4`` and ``scout``, a
 alone, nothing sent). One model instance serves edge and cloud (the same-model pair; with ``full`` the cloud
 answers from the edge's own cache, so its answer is the edge's).
 
-The core library never imports the runtime (tests/runtime/test_layering.py): the roles and the runtime are reached
-at run time by module name, the way ``scout serve`` reaches them.
+This module sits on the top floor (the CLI): it imports the roles and the runtime directly. `scout_cli.main` imports
+it only inside the ``demo`` command, so `scout --help` loads none of it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import math
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 from rich import box
@@ -40,6 +38,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+from scout_runtime.bus import connect_bus
+from scout_runtime.errors import ScoutError
+from scout_runtime.messages import AskRequest, LinkState
+from scout_runtime.settings import Settings
+from scout_services.client import ask
+from scout_services.cloud_decoder.args import DecoderArgs
+from scout_services.cloud_decoder.main import CloudDecoderService
+from scout_services.quantizer.main import QuantizerService
+from scout_services.selector.args import SelectorArgs
+from scout_services.selector.main import SelectorService
+from scout_services.transport_policy.args import PolicyArgs
+from scout_services.transport_policy.main import TransportPolicyService
 
 DEVICE_ID = "demo"
 DEFAULT_MODES: tuple[str, ...] = ("full", "int4", "scout")
@@ -92,25 +103,6 @@ class DemoResult:
             if a.label == label:
                 return a
         raise KeyError(label)
-
-
-def _runtime() -> SimpleNamespace:
-    """The runtime and the roles, imported by name at run time (see the module docstring)."""
-    mods = {
-        "bus": "scout_runtime.bus",
-        "errors": "scout_runtime.errors",
-        "messages": "scout_runtime.messages",
-        "settings": "scout_runtime.settings",
-        "client": "scout_services.client",
-        "policy": "scout_services.transport_policy.main",
-        "policy_args": "scout_services.transport_policy.args",
-        "quantizer": "scout_services.quantizer.main",
-        "decoder": "scout_services.cloud_decoder.main",
-        "decoder_args": "scout_services.cloud_decoder.args",
-        "selector": "scout_services.selector.main",
-        "selector_args": "scout_services.selector.args",
-    }
-    return SimpleNamespace(**{k: importlib.import_module(v) for k, v in mods.items()})
 
 
 def run_demo(
@@ -215,7 +207,6 @@ async def _run_roles(
     labels: Sequence[str],
 ) -> tuple[list[DemoAsk], float]:
     """Start the four roles, tell the policy the link rate, send the asks in order, stop the roles."""
-    rt = _runtime()
     ns = "demo" + uuid.uuid4().hex[:10]
     common = {
         "namespace": ns,
@@ -224,22 +215,22 @@ async def _run_roles(
         "cloud_store_url": f"memory://cloud-{ns}",
         "http_host": "127.0.0.1",
     }
-    cloud_side = rt.settings.Settings(**common)
+    cloud_side = Settings(**common)
     # The edge roles' path into the cloud store crosses the uplink: same store, paced writes.
-    edge_side = rt.settings.Settings(**{**common, "cloud_store_url": f"memory://cloud-{ns}?rate_mbit={rate_mbit!r}"})
-    policy = rt.policy.TransportPolicyService(cloud_side, rt.policy_args.PolicyArgs(edge_model=model), health_port=0)
+    edge_side = Settings(**{**common, "cloud_store_url": f"memory://cloud-{ns}?rate_mbit={rate_mbit!r}"})
+    policy = TransportPolicyService(cloud_side, PolicyArgs(edge_model=model), health_port=0)
     services: list[Any] = [
         policy,
-        rt.quantizer.QuantizerService(edge_side, health_port=0),
-        rt.decoder.CloudDecoderService(
+        QuantizerService(edge_side, health_port=0),
+        CloudDecoderService(
             cloud_side,
-            rt.decoder_args.DecoderArgs(model=model, warmup=False),
+            DecoderArgs(model=model, warmup=False),
             model=lm,
             health_port=0,
         ),
-        rt.selector.SelectorService(
+        SelectorService(
             edge_side,
-            rt.selector_args.SelectorArgs(model=model, warmup=False, device_id=None),
+            SelectorArgs(model=model, warmup=False, device_id=None),
             model=lm,
             health_port=0,
             http_port=0,
@@ -253,24 +244,25 @@ async def _run_roles(
             for service in services:
                 await service.start()
                 started.append(service)
-            await _announce_link(rt, cloud_side, policy, rate_mbit * 1e6)
+            await _announce_link(cloud_side, policy, rate_mbit * 1e6)
         start_s = time.perf_counter() - t0
         for label in labels:
             with console.status(f"ask ({label}) …"):
-                ask = await _ask(rt, edge_side, label, question, document, deadline_ms, max_new_tokens)
-            asks.append(ask)
+                result = await _ask_once(edge_side, label, question, document, deadline_ms, max_new_tokens)
+            asks.append(result)
     finally:
         for service in reversed(started):
             await service.stop()
     return asks, start_s
 
 
-async def _announce_link(rt: SimpleNamespace, settings: Any, policy: Any, rate_bps: float) -> None:
+async def _announce_link(settings: Settings, policy: TransportPolicyService, rate_bps: float) -> None:
     """Publish the configured rate as the shaper would, and wait until the policy holds it (control messages are
     at-most-once and asynchronous: the first plan must not race it)."""
-    bus = await rt.bus.connect_bus(settings, name="demo-shaper")
+    assert policy.handlers is not None, "the policy has started"
+    bus = await connect_bus(settings, name="demo-shaper")
     try:
-        state = rt.messages.LinkState(device_id=DEVICE_ID, rate_bps=rate_bps, source="shaper", at=time.time())
+        state = LinkState(device_id=DEVICE_ID, rate_bps=rate_bps, source="shaper", at=time.time())
         await bus.publish(settings.subjects().link(DEVICE_ID), state.to_bytes())
         deadline = time.monotonic() + 5.0
         while policy.handlers.links.bandwidth_bps(DEVICE_ID) != rate_bps:
@@ -281,9 +273,8 @@ async def _announce_link(rt: SimpleNamespace, settings: Any, policy: Any, rate_b
         await bus.close()
 
 
-async def _ask(
-    rt: SimpleNamespace,
-    settings: Any,
+async def _ask_once(
+    settings: Settings,
     label: str,
     question: str,
     document: str,
@@ -291,7 +282,7 @@ async def _ask(
     max_new_tokens: int,
 ) -> DemoAsk:
     """One ask through `scout_services.client.ask`; a typed error becomes a RuntimeError naming the ask."""
-    request = rt.messages.AskRequest(
+    request = AskRequest(
         request_id=uuid.uuid4().hex,
         device_id=DEVICE_ID,
         document=document,
@@ -302,8 +293,8 @@ async def _ask(
     )
     t0 = time.perf_counter()
     try:
-        reply = await rt.client.ask(request, settings=settings, timeout_s=ASK_TIMEOUT_S)
-    except rt.errors.ScoutError as e:
+        reply = await ask(request, settings=settings, timeout_s=ASK_TIMEOUT_S)
+    except ScoutError as e:
         raise RuntimeError(f"ask ({label}) failed: {e.code.value}: {e.message}") from None
     total = time.perf_counter() - t0
     plan = reply.plan

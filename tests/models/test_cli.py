@@ -26,6 +26,19 @@ def test_help_does_not_import_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
+def test_help_loads_neither_the_services_nor_the_harness() -> None:
+    """The CLI imports the roles and the harness with ordinary imports inside its commands: registering the
+    commands (what `scout --help` does) must not load them, nor NATS, Redis or OpenTelemetry."""
+    heavy = ("scout_services", "scout_runtime", "scout_testbed", "nats", "redis", "opentelemetry", "aiohttp")
+    code = (
+        "import sys; from scout_cli.main import app\n"
+        f"loaded = sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))\n"
+        "sys.exit(str(loaded) if loaded else 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+
+
 def test_models_list_json_reports_smollm2() -> None:
     result = runner.invoke(app, ["models", "list", "--json"])
     assert result.exit_code == 0, result.output

@@ -10,7 +10,7 @@ import pytest
 from scout.positions import decode_positions
 from scout_runtime.errors import ErrorCode
 from scout_testbed.faults import FaultOutcome
-from scout_testbed.hostile import (
+from scout_testbed.hostile_cases import (
     ENTRY_POINTS,
     ask_cases,
     bad_position_sets,
@@ -147,7 +147,7 @@ def test_commands_register_without_importing_torch_or_the_runtime() -> None:
         "register(app, bench)\n"
         "names = {c.name for c in bench.registered_commands}\n"
         "assert names == {'reliability', 'soak'}, names\n"
-        "heavy = [m for m in ('torch', 'nats', 'redis', 'services') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'nats', 'redis', 'scout_services', 'scout_testbed') if m in sys.modules]\n"
         "sys.exit(str(heavy) if heavy else 0)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)

@@ -1,8 +1,11 @@
-"""`scout serve`, `scout ask` against the running stack, and the pipeline bench's arithmetic and report."""
+"""`scout serve`, `scout ask` against the running stack, the pipeline bench's arithmetic and report, and what the
+harness commands say when the harness is not installed."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +13,9 @@ from stack import ServiceStack
 from typer.testing import CliRunner
 
 from scout.datasets import Example
-from scout_cli.benchmarks.pipeline import percentiles, render_markdown, split
 from scout_cli.main import app
+from scout_testbed.bench import percentiles, split
+from scout_testbed.bench_report import render_markdown
 
 runner = CliRunner()
 
@@ -19,6 +23,48 @@ runner = CliRunner()
 def test_serve_refuses_an_unknown_role() -> None:
     result = runner.invoke(app, ["serve", "janitor"])
     assert result.exit_code == 2 and "unknown role" in result.output
+
+
+def test_every_role_name_resolves_to_its_services_main() -> None:
+    from scout_cli.commands.serve import ROLES, role_main
+
+    for name, role in ROLES.items():
+        main = role_main(role)
+        assert main.__module__ == f"scout_services.{role}.main", name
+    with pytest.raises(ValueError):
+        role_main("janitor")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["bench", "pipeline"], ["bench", "reliability"], ["bench", "soak"]],
+)
+def test_harness_commands_say_how_to_install_the_harness(argv: list[str]) -> None:
+    """The image has no `scout_testbed`: the command must say so in one line, not print a traceback."""
+    code = (
+        "import sys\n"
+        "sys.modules['scout_testbed'] = None  # as if the harness were not installed\n"
+        "from scout_cli.main import main\n"
+        f"sys.argv = ['scout', *{argv!r}]\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "needs the test harness: pip install -e ./libs/testbed" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_missing_module_inside_the_harness_is_not_mistaken_for_the_harness() -> None:
+    import typer
+
+    from scout_cli.benchmarks.common import needs_harness
+
+    with pytest.raises(typer.Exit):
+        needs_harness(ModuleNotFoundError("no scout_testbed", name="scout_testbed.bench"), "scout bench pipeline")
+    other = ModuleNotFoundError("no redis", name="redis")
+    with pytest.raises(ModuleNotFoundError) as info:
+        needs_harness(other, "scout bench pipeline")
+    assert info.value is other
 
 
 @pytest.mark.models
@@ -86,3 +132,15 @@ def test_bench_arithmetic_and_report() -> None:
     text = render_markdown(result)
     assert "2.00x the throughput of one" in text and "Same answers on both paths: yes" in text
     assert "| small | services | 10 | 3 | 1,000.000 | 2,000.000 |" in text
+
+
+def test_an_answer_with_brackets_prints_as_generated() -> None:
+    from rich.console import Console
+
+    from scout_cli.commands.serve import print_answer
+
+    out = Console(record=True, width=200)
+    fields = {"answer": "[/bold] x[0]", "mode": "text", "bytes_sent": 12, "timings": {"total": 0.5}, "reason": "[b]"}
+    print_answer(out, fields)
+    text = out.export_text()
+    assert "answer [/bold] x[0]" in text and "plan: [b]" in text and "mode text" in text

@@ -1,8 +1,9 @@
 """Hostile input to every entry point of the running services (HTTP ``/v1/ask``, ``ask``, ``plan``, ``encode`` and
 the decode work queue) is answered with typed errors, and the services keep serving afterwards.
 
-The corpora live in `scout_testbed.hostile` (``scout bench reliability`` counts the same cases in its report); these
-tests run them against the service stack of this suite and check every case's code (and HTTP status)."""
+The corpora live in `scout_testbed.hostile_cases` (``scout bench reliability`` counts the same cases in its
+report); these tests run them against the service stack of this suite and check every case's code (and HTTP
+status)."""
 
 from __future__ import annotations
 
@@ -19,16 +20,14 @@ from scout_runtime.errors import ErrorCode
 from scout_runtime.messages import AskReply, ErrorReply, parse
 from scout_runtime.settings import Settings
 from scout_runtime.store import RedisStore
-from scout_testbed.hostile import (
-    Target,
+from scout_testbed.hostile import Target, run_decode, run_request_reply
+from scout_testbed.hostile_cases import (
     ask_body,
     ask_cases,
     decode_cases,
     encode_cases,
     http_cases,
     plan_cases,
-    run_decode,
-    run_request_reply,
     stage_fixtures,
 )
 

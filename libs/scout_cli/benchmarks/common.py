@@ -1,17 +1,38 @@
-"""Measurement helpers shared by the benchmarks: peak resident memory, medians, result files."""
+"""Measurement helpers shared by the benchmarks: peak resident memory, medians, result files.
+
+What the machine was is `scout.machine.machine_info` (the test harness records it too, and cannot import the CLI).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import platform
 import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from scout_cli.console import fail
+
+HARNESS_INSTALL = "pip install -e ./libs/testbed"
+"""How to get the test harness (`scout_testbed`), which `pip install .` and the image leave out."""
+
+
+def needs_harness(error: ModuleNotFoundError, command: str) -> NoReturn:
+    """For a command that imports the test harness: if the harness itself is what is missing, say how to install
+    it (exit 2); any other missing module is a real error and goes on up.
+
+    Used as ``try: from scout_testbed.x import y`` / ``except ModuleNotFoundError as e: needs_harness(e, "…")``:
+    the import stays an ordinary statement in the command (the layering test sees it), and `scout --help` never
+    loads the harness.
+    """
+    if (error.name or "").split(".")[0] != "scout_testbed":
+        raise error
+    fail(f"{command} needs the test harness: {HARNESS_INSTALL}")
+
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -81,19 +102,6 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float], Any]
         result = fn()
         samples.append(time.perf_counter() - t0)
     return statistics.median(samples), samples, result
-
-
-def machine_info() -> dict[str, Any]:
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "platform": platform.platform(),
-    }
 
 
 class ResultLog:

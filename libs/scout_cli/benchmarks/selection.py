@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scout_cli.benchmarks.common import PeakRSS, ResultLog, machine_info, markdown_table, release_free_memory, timed
+from scout.machine import machine_info
+from scout_cli.benchmarks.common import PeakRSS, ResultLog, markdown_table, release_free_memory, timed
 
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("q2c (hook)", "q2c", {}),

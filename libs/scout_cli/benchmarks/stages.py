@@ -47,8 +47,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from scout.machine import machine_info
 from scout.policy.planner import ModeStages, StageCost, StageTimes
-from scout_cli.benchmarks.common import machine_info, markdown_table
+from scout_cli.benchmarks.common import markdown_table
 
 __all__ = [
     "DEFAULT_CODECS",
@@ -481,7 +482,7 @@ def bench_command(cfg: dict[str, Any]) -> str:
 
 
 def _write_outputs(cfg: StagesBenchConfig, records: list[dict[str, Any]], stem: str, t_start: float) -> dict[str, Any]:
-    machine = {**machine_info(), "load_average": list(os.getloadavg())}
+    machine = machine_info(load_average=True)
     lengths = sorted({int(r["length"]) for r in records})
     reps = max((int(r["repeat"]) for r in records), default=0) + 1
     source = (

@@ -2,22 +2,22 @@
 deployment (issue 10).
 
 Both start their own nats-server and redis-server (authentication on, free loopback ports) and every role as its
-own process, so they need the two server binaries on PATH and nothing else. The work is in ``scout_testbed.reliability``
-(reached by name at run time, like ``scout serve``: the core library never imports the runtime).
+own process, so they need the two server binaries on PATH and nothing else. The work is in `scout_testbed.reliability`:
+the test harness, a distribution of its own (``pip install -e ./libs/testbed``) that the image does not have; it is
+imported inside the command, so `scout --help` never loads it.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-console = Console()
+from scout_cli.benchmarks.common import needs_harness
+from scout_cli.console import console
 
 # The options both commands take (one definition, so the two never drift apart).
 ConcurrencyOpt = Annotated[list[int] | None, typer.Option(help="soak load levels (repeatable); default 1, 8, 32")]
@@ -41,14 +41,31 @@ def _levels(concurrency: list[int], requests: list[int]) -> list[tuple[int, int]
     return list(zip(concurrency, requests, strict=True))
 
 
-def _run(**fields: object) -> None:
+def _run(
+    command: str,
+    out: Path,
+    concurrency: list[int] | None,
+    requests: list[int] | None,
+    model: str,
+    dtype: str,
+    max_new_tokens: int,
+    documents: int,
+    **fields: object,
+) -> None:
+    """Run `scout_testbed.reliability` with the options both commands share (and ``fields``), print where the
+    report went, exit 1 when a criterion was not met."""
+    levels = _levels(concurrency or [1, 8, 32], requests or [16, 4, 3])
+    try:
+        from scout_testbed.reliability import ReliabilityConfig, run_reliability
+    except ModuleNotFoundError as e:
+        needs_harness(e, command)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("scout_runtime.bus").setLevel(logging.ERROR)  # reconnect notices during the NATS fault
-    reliability = importlib.import_module("scout_testbed.reliability")
-    cfg = reliability.ReliabilityConfig(**fields)
-    results = reliability.run_reliability(cfg, progress=lambda m: console.print(f"  {m}", soft_wrap=True))
-    out = cfg.out
+    cfg = ReliabilityConfig(
+        out=out, levels=levels, model=model, dtype=dtype, max_new_tokens=max_new_tokens, documents=documents, **fields
+    )
+    results = run_reliability(cfg, progress=lambda m: console.print(f"  {m}", soft_wrap=True))
     console.print(f"[green]written[/green] {out.parent / (out.name + '.md')}, {out}/results.json, {out}/latency.png")
     if not results["verdict"]["ok"]:
         console.print(f"[red]not every criterion was met:[/red] {results['verdict']}")
@@ -74,15 +91,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Soak at each load level (sent / answered / typed errors / lost / duplicated, p50/p99), every fault
         (link to zero, Redis and NATS restarts, kill -9 of a decoder) and hostile input on every entry point,
         against its own authenticated NATS + Redis and role processes; JSON + Markdown + PNG."""
-        _run(
-            out=out,
-            levels=_levels(concurrency or [1, 8, 32], requests or [16, 4, 3]),
-            model=model,
-            dtype=dtype,
-            max_new_tokens=max_new_tokens,
-            documents=documents,
-            hostile_random=hostile_random,
-        )
+        shared = (out, concurrency, requests, model, dtype, max_new_tokens, documents)
+        _run("scout bench reliability", *shared, hostile_random=hostile_random)
 
     @bench.command("soak")
     def bench_soak(
@@ -98,13 +108,5 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Only the soak: a bounded mix of modes and real prompts at each load level; lost and duplicated requests
         counted at the clients and on the result subjects; JSON + Markdown + PNG."""
-        _run(
-            out=out,
-            levels=_levels(concurrency or [1, 8, 32], requests or [16, 4, 3]),
-            model=model,
-            dtype=dtype,
-            max_new_tokens=max_new_tokens,
-            documents=documents,
-            faults=(),
-            hostile=False,
-        )
+        shared = (out, concurrency, requests, model, dtype, max_new_tokens, documents)
+        _run("scout bench soak", *shared, faults=(), hostile=False)

@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from scout_cli.console import console
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    console = Console()
-
     @bench.command("selection")
     def bench_selection(
         models: Annotated[str, typer.Option(help="comma-separated model names")] = "smollm2-135m,qwen2.5-coder-0.5b",

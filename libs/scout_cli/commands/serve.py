@@ -1,23 +1,27 @@
 """`scout serve ROLE`, `scout ask QUESTION --document FILE`, and `scout bench pipeline`.
 
-The core library never imports the runtime (NATS, Redis, OpenTelemetry; tests/runtime/test_layering.py): the
-services live in the top-level ``services`` package and these commands reach them by role name at run time
-(``services.<role>.main``, ``scout_services.client``, ``scout_testbed.bench``), the way the one container image runs every
-role with ``scout serve ROLE``.
+The CLI is the top floor: it imports the services (`scout_services`) and the runtime with ordinary ``import``
+statements, inside the command functions so that `scout --help` never loads NATS, Redis or torch. One container
+image runs every role with ``scout serve ROLE``. `scout bench pipeline` is the test harness's (`scout_testbed.bench`,
+a distribution of its own that the image does not have).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from scout_cli.benchmarks.common import needs_harness
+from scout_cli.console import console, fail
 
 ROLES: dict[str, str] = {
     "selector": "selector",
@@ -34,45 +38,55 @@ MODES = ("full", "int8", "int4", "mixed", "scout", "text", "local")
 ROUTES = ("shared", "device")
 """``scout ask --route``: which selectors may take the ask over NATS (`scout_services.client.ask_subject`)."""
 
-console = Console()
-err = Console(stderr=True)
-
 
 def _quiet_bus() -> None:
     """A client's own disconnect is not news: keep the bus's reconnect warnings out of command output."""
     logging.getLogger("scout_runtime.bus").setLevel(logging.ERROR)
 
 
-def _fail(msg: str) -> None:
-    err.print(f"[red]error:[/red] {msg}", soft_wrap=True)
-    raise typer.Exit(2)
-
-
 def print_answer(out: Console, fields: dict[str, Any]) -> None:
-    """The answer, how it was produced, what crossed the uplink, and the latency breakdown."""
-    out.print(f"[bold green]answer[/bold green] {fields['answer']}")
+    """The answer, how it was produced, what crossed the uplink, and the latency breakdown (the model's text is
+    escaped: an answer with square brackets is printed as generated, never read as rich markup)."""
+    out.print(f"[bold green]answer[/bold green] {escape(fields['answer'])}")
     retention = fields.get("retention", 1.0)
     point = fields["mode"] if retention == 1.0 else f"{fields['mode']}@{retention:g}"
     out.print(
         f"mode {point} (answered by the {fields.get('answered_by', 'cloud')}); bytes sent {fields['bytes_sent']:,}"
     )
     if fields.get("reason"):
-        out.print(f"plan: {fields['reason']}")
+        out.print(f"plan: {escape(fields['reason'])}")
     table = Table("stage", "ms", title="latency breakdown")
     for stage, seconds in fields["timings"].items():
         table.add_row(stage, f"{1000 * seconds:.1f}")
     out.print(table)
 
 
+def role_main(role: str) -> Callable[[], None]:
+    """The ``main`` of a role (a canonical name, a value of `ROLES`), imported only when that role is run."""
+    if role == "selector":
+        from scout_services.selector.main import main
+    elif role == "quantizer":
+        from scout_services.quantizer.main import main
+    elif role == "transport_policy":
+        from scout_services.transport_policy.main import main
+    elif role == "cloud_decoder":
+        from scout_services.cloud_decoder.main import main
+    elif role == "shaper":
+        from scout_services.shaper.main import main
+    else:
+        raise ValueError(f"no role {role!r}")
+    return main
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command("serve")
     def serve_role(
-        role: Annotated[str, typer.Argument(help="selector, quantizer, transport_policy or cloud_decoder")],
+        role: Annotated[str, typer.Argument(help="selector, quantizer, transport_policy, cloud_decoder or shaper")],
     ) -> None:
         """Run one service role as this process (settings from SCOUT_* environment variables; SIGTERM drains)."""
         if role not in ROLES:
-            _fail(f"unknown role {role!r}; roles: selector, quantizer, transport_policy, cloud_decoder")
-        importlib.import_module(f"services.{ROLES[role]}.main").main()
+            fail(f"unknown role {role!r}; roles: selector, quantizer, transport_policy, cloud_decoder, shaper")
+        role_main(ROLES[role])()
 
     @app.command("ask")
     def ask(
@@ -106,13 +120,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Ask the selector (NATS, or HTTP with --http) a question about a document; print the answer, the mode
         chosen, the bytes sent and the latency breakdown. --embedded answers without any service."""
         if mode is not None and mode not in MODES:
-            _fail(f"--mode must be one of {', '.join(MODES)}")
+            fail(f"--mode must be one of {', '.join(MODES)}")
         if route not in ROUTES:
-            _fail(f"--route must be one of {', '.join(ROUTES)}")
+            fail(f"--route must be one of {', '.join(ROUTES)}")
         try:
             text = document.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            _fail(f"cannot read {document}: {e}")
+            fail(f"cannot read {document}: {e}")
         if embedded:
             fields = _ask_embedded(question, text, mode, retention, deadline_ms, max_new_tokens, model, bandwidth_mbit)
         else:
@@ -135,8 +149,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         nats_url: Annotated[str, typer.Option(help="NATS with JetStream")] = "nats://127.0.0.1:4222",
     ) -> None:
         """Per-request overhead of the NATS+Redis path against the in-process path (p50/p99) for a small and a
-        10+ MB blob, and decode requests/s with 1 vs 2 decoders (JSON + Markdown)."""
-        from scout_cli.benchmarks.pipeline import PipelineBenchConfig, run_pipeline_bench
+        10+ MB blob, and decode requests/s with 1 vs 2 decoders (JSON + Markdown). Needs the test harness."""
+        try:
+            from scout_testbed.bench import PipelineBenchConfig, run_pipeline_bench
+        except ModuleNotFoundError as e:
+            needs_harness(e, "scout bench pipeline")
 
         _quiet_bus()
         cfg = PipelineBenchConfig(
@@ -164,10 +181,11 @@ def _ask_service(
     timeout_s: float,
     route: str = "shared",
 ) -> dict[str, Any]:
-    client = importlib.import_module("scout_services.client")
+    from scout_services.client import AskFailed, ask_fields
+
     _quiet_bus()
     try:
-        return client.ask_fields(
+        return ask_fields(
             question=question,
             document=document,
             mode=mode,
@@ -179,9 +197,8 @@ def _ask_service(
             timeout_s=timeout_s,
             route=route,
         )
-    except client.AskFailed as e:
-        _fail(str(e))
-    raise AssertionError("unreachable")
+    except AskFailed as e:
+        fail(str(e))
 
 
 def _ask_embedded(
@@ -212,7 +229,7 @@ def _ask_embedded(
             max_new_tokens=max_new_tokens,
         )
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     return {
         "answer": a.answer,
         "mode": a.mode,

@@ -1,23 +1,17 @@
 """`scout shape`: shape an interface's egress with tc from a fixed rate or a measured uplink trace.
 
-The command runs the shaper sidecar (``scout_services.shaper``) in the foreground, the way the pod runs it, so what a
-person tries on a laptop is what the cluster does. It reaches the service package by name at run time, as
-``scout serve`` does: the core library never imports the runtime.
+The command runs the shaper sidecar (`scout_services.shaper`) in the foreground, the way the pod runs it, so what a
+person tries on a laptop is what the cluster does. The service is imported inside the command, so `scout --help`
+does not load it.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
 from typing import Annotated
 
 import typer
 
-
-def _fail(message: str) -> None:
-    """One line on stderr and exit status 2 (no wrapping: the line is what a log collector keeps)."""
-    print(f"scout shape: error: {message}", file=sys.stderr, flush=True)
-    raise typer.Exit(2)
+from scout_cli.console import fail
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -69,11 +63,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         with --nats). Runs until SIGTERM/Ctrl-C, then removes its qdiscs. Needs NET_ADMIN."""
         from pydantic import SecretStr, ValidationError
 
-        args_module = importlib.import_module("scout_services.shaper.args")
-        main_module = importlib.import_module("scout_services.shaper.main")
-        settings_module = importlib.import_module("scout_runtime.settings")
+        from scout_runtime.settings import Settings
+        from scout_services.shaper.args import ShaperArgs
+        from scout_services.shaper.main import describe_validation, run
+
         try:
-            args = args_module.ShaperArgs(
+            args = ShaperArgs(
                 iface=iface,
                 netns=netns,
                 rate=rate,
@@ -93,11 +88,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 hz=hz,
                 queue_ms=queue_ms,
             )
-            settings = (
-                settings_module.Settings(nats_url=SecretStr(nats)) if nats is not None else settings_module.Settings()
-            )
+            settings = Settings(nats_url=SecretStr(nats)) if nats is not None else Settings()
         except ValidationError as e:
-            _fail(main_module.describe_validation(e))
-        code = main_module.run(args, settings, metrics_port=metrics_port)
+            fail(describe_validation(e))
+        code = run(args, settings, metrics_port=metrics_port)
         if code:
             raise typer.Exit(code)

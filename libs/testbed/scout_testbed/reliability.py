@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -28,8 +27,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scout.machine import machine_info
 from scout_testbed.faults import FAULTS, FaultOutcome, run_fault
 from scout_testbed.hostile import ENTRY_POINTS, HostileReport, Target, run_hostile
+from scout_testbed.markdown import markdown_table
 from scout_testbed.soak import DEFAULT_MIX, SoakConfig, SoakDocument, SoakResult, load_documents, run_soak
 from scout_testbed.testbed import ROLE_DEFAULTS, Deployment, deployment
 
@@ -146,7 +147,7 @@ def run_reliability(cfg: ReliabilityConfig, progress: Progress = lambda _: None)
             "auth": "nats-server user/password; redis-server requirepass + ACL user scout-services (namespace keys)",
             "exit_codes": exit_codes,
         },
-        "machine": _machine(),
+        "machine": machine_info(load_average=True),
         "seconds": time.perf_counter() - t0,
         "soak_client_timeout_s": SoakConfig(concurrency=1, requests_per_client=1).timeout_s,
         "soak": [s.model_dump() for s in soak],
@@ -156,14 +157,6 @@ def run_reliability(cfg: ReliabilityConfig, progress: Progress = lambda _: None)
     results["verdict"] = verdict(soak, faults, hostile)
     write_report(cfg.out, results)
     return results
-
-
-def _machine() -> dict[str, Any]:
-    from scout_cli.benchmarks.common import machine_info
-
-    info = machine_info()
-    info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    return info
 
 
 def verdict(
@@ -183,12 +176,6 @@ def verdict(
 # --- the report ----------------------------------------------------------------------------------------------
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{1000 * x:,.0f}"
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def render_markdown(results: dict[str, Any], png_name: str, md_dir_rel: str) -> str:
@@ -244,7 +231,7 @@ def render_markdown(results: dict[str, Any], png_name: str, md_dir_rel: str) -> 
             ]
         )
     lines += [
-        _table(
+        markdown_table(
             [
                 "clients",
                 "requests",
@@ -295,7 +282,7 @@ def render_markdown(results: dict[str, Any], png_name: str, md_dir_rel: str) -> 
             "Each scenario runs with requests in flight when the fault hits; outcomes as the clients and the result "
             "tap saw them.",
             "",
-            _table(
+            markdown_table(
                 ["fault", "expected", "what happened", "met"],
                 [[f["fault"], f["expectation"], f["outcome"], _yes(f["passed"])] for f in results["faults"]],
             ),
@@ -330,7 +317,7 @@ def render_markdown(results: dict[str, Any], png_name: str, md_dir_rel: str) -> 
             'policy (counted in its `scout_errors_total{op="link"}`, the device\'s rate unchanged) and garbage on '
             "the selector's result subject ignored while an ask in flight still gets its own answer.",
             "",
-            _table(
+            markdown_table(
                 ["entry point", "tried", "handled", "categories", "codes", "still serving"],
                 [
                     [

@@ -18,7 +18,8 @@ Delivery is at least once (JetStream), replies must be exactly once, so:
   quickly) without a slow but live decode being handed to a second replica.
 
 What the decoder computes is `scout.pipeline.answer_from_blob` (KV modes) or `scout.pipeline.answer_from_document`
-(scout, text), in a worker thread so that heartbeats, health checks and metrics keep running.
+(scout, text), in a worker thread (`scout_services.compute.Compute`) so that heartbeats, health checks and
+metrics keep running.
 """
 
 from __future__ import annotations
@@ -45,13 +46,14 @@ from scout_runtime.messages import KV_MODES, DecodeRequest, DecodeResult, ErrorR
 from scout_runtime.store import BlobStore
 from scout_runtime.telemetry import inject
 from scout_services.cloud_decoder.args import DecoderArgs
-from scout_services.common import Role, library_error, result_cache_key
+from scout_services.common import Role, result_cache_key
+from scout_services.compute import Compute
 
 log = logging.getLogger("scout.decoder")
 
 
 class DecoderHandlers:
-    """Decodes work items with one model, one computation at a time (``lock``)."""
+    """Decodes work items with one model, one computation at a time (`Compute`)."""
 
     def __init__(self, role: Role, bus: Bus, cloud: BlobStore, lm: Any, model_name: str, args: DecoderArgs) -> None:
         self.role = role
@@ -60,7 +62,7 @@ class DecoderHandlers:
         self.lm = lm
         self.model_name = model_name
         self.args = args
-        self.lock = asyncio.Lock()
+        self.compute = Compute(role)
         self.heartbeat_s = args.heartbeat_s or max(0.05, role.settings.ack_wait_s / 3)
         self._edge_tokenizers: dict[str, Any] = {}
 
@@ -177,7 +179,7 @@ class DecoderHandlers:
             if len(blob) != req.blob_bytes:
                 raise BlobCorrupt(f"blob holds {len(blob)} bytes, the request says {req.blob_bytes}", request_id=rid)
             timings["fetch"] = time.perf_counter() - t0
-            answer = await self._compute(
+            answer = await self.compute.run(
                 rid,
                 answer_from_blob,
                 self.lm,
@@ -192,7 +194,7 @@ class DecoderHandlers:
             with role.span("fetch", request_id=rid):
                 document = await self.cloud.get_document(req.document_ref)
             timings["fetch"] = time.perf_counter() - t0
-            answer = await self._compute(
+            answer = await self.compute.run(
                 rid,
                 answer_from_document,
                 self.lm,
@@ -217,25 +219,6 @@ class DecoderHandlers:
             decoder_id=role.settings.instance_id,
             deliveries=deliveries,
         )
-
-    async def _compute(self, rid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a pipeline function in a worker thread, one at a time; spans "decode" and "generate" are recorded
-        from the times it measured (the thread cannot hold this task's span context)."""
-        async with self.lock:
-            start_ns = time.time_ns()
-            try:
-                answer = await asyncio.to_thread(fn, *args, **kwargs)
-            except (ValueError, IndexError) as e:
-                raise library_error(e, rid) from None
-        decode_ns = int(answer.timings.get("decode", 0.0) * 1e9)
-        generate_ns = int(answer.timings.get("generate", 0.0) * 1e9)
-        tracer = self.role.telemetry.tracer
-        for name, begin, length in (("decode", start_ns, decode_ns), ("generate", start_ns + decode_ns, generate_ns)):
-            span = tracer.start_span(
-                name, start_time=begin, attributes={"scout.role": self.role.name, "scout.request_id": rid}
-            )
-            span.end(end_time=begin + length)
-        return answer
 
     async def _edge_tokenizer(self, req: DecodeRequest) -> Any:
         """None when the edge's positions index this model's tokens; the edge tokenizer to align with otherwise."""

@@ -18,19 +18,9 @@ from scout_runtime.telemetry import Telemetry
 from scout_services.cloud_decoder.args import DecoderArgs
 from scout_services.cloud_decoder.handlers import DecoderHandlers
 from scout_services.common import Role, configure_logging, run_service
+from scout_services.compute import load_role_model
 
 log = logging.getLogger("scout.decoder")
-
-
-def load_decoder_model(args: DecoderArgs) -> Any:
-    """The cloud model, warmed up (so the first request's timings are not the kernels' initialisation)."""
-    from scout.inference import warmup
-    from scout.models import load_model
-
-    lm = load_model(args.model, dtype=args.dtype, device=args.device)
-    if args.warmup:
-        warmup(lm)
-    return lm
 
 
 class CloudDecoderService:
@@ -69,7 +59,7 @@ class CloudDecoderService:
         role, settings = self.role, self.role.settings
         self._http, self._port = await role.serve_health(port=self.health_port)
         if self.model is None:
-            self.model = await asyncio.to_thread(load_decoder_model, self.args)
+            self.model = await asyncio.to_thread(load_role_model, self.args)
         self.cloud = open_store(settings.cloud_store_url.get_secret_value(), settings=settings)
         self.bus = bus = await connect_bus(settings, name=f"decoder-{settings.instance_id}")
         self.spec = WorkQueueSpec.for_decode(settings)

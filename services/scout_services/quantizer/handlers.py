@@ -7,7 +7,6 @@ which is how the transport policy learns what the link really delivers.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
@@ -20,12 +19,13 @@ from scout_runtime.errors import BlobCorrupt, ScoutError
 from scout_runtime.messages import DecodeRequest, EncodeReply, EncodeRequest, LinkState
 from scout_runtime.store import BlobStore
 from scout_runtime.telemetry import inject
-from scout_services.common import Role, library_error
+from scout_services.common import Role
+from scout_services.compute import Compute
 from scout_services.quantizer.args import QuantizerArgs
 
 
 class QuantizerHandlers:
-    """Encodes per plan, uploads, enqueues; one CPU-bound encode at a time (``lock``)."""
+    """Encodes per plan, uploads, enqueues; one CPU-bound encode at a time (`Compute`)."""
 
     def __init__(self, role: Role, bus: Bus, edge: BlobStore, cloud: BlobStore, args: QuantizerArgs) -> None:
         self.role = role
@@ -33,7 +33,7 @@ class QuantizerHandlers:
         self.edge = edge
         self.cloud = cloud
         self.args = args
-        self.lock = asyncio.Lock()
+        self.compute = Compute(role, spans=False)  # the encode span is made here, around the call
 
     async def encode(self, req: EncodeRequest) -> EncodeReply:
         role, rid = self.role, req.request_id
@@ -50,21 +50,18 @@ class QuantizerHandlers:
         timings["fetch"] = time.perf_counter() - t0
 
         with role.span("encode", **attrs, bit_plan=req.bit_plan) as span:
-            try:
-                async with self.lock:
-                    up = await asyncio.to_thread(
-                        encode_uplink,
-                        raw,
-                        model_fingerprint=req.model_fingerprint,
-                        bit_plan=req.bit_plan,
-                        positions=req.positions_bytes(),
-                        context_start=req.context_start,
-                        context_tokens=req.context_tokens,
-                        max_bytes=limits.max_blob_bytes,
-                        max_context_tokens=limits.max_context_tokens,
-                    )
-            except (ValueError, IndexError) as e:
-                raise library_error(e, rid) from None
+            up = await self.compute.run(
+                rid,
+                encode_uplink,
+                raw,
+                model_fingerprint=req.model_fingerprint,
+                bit_plan=req.bit_plan,
+                positions=req.positions_bytes(),
+                context_start=req.context_start,
+                context_tokens=req.context_tokens,
+                max_bytes=limits.max_blob_bytes,
+                max_context_tokens=limits.max_context_tokens,
+            )
             span.set_attribute("scout.bytes", len(up.data))
             span.set_attribute("scout.kept_tokens", up.kept_tokens)
         timings["encode"] = up.seconds

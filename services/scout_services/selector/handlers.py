@@ -1,9 +1,10 @@
 """Selector entry point: one `AskRequest` -> one `AskReply`, driving the request through the other roles.
 
 Edge computations are `scout.pipeline` functions (`edge_prefill`, `raw_kv_blob`, `answer_local`) run in a worker
-thread, one at a time; everything else here is I/O: the plan (``scout.v1.plan``), the raw KV into the edge store
-and the encode request to the quantizer (KV modes), the document into the cloud store and the decode request onto
-the work queue (scout, text), and the wait for the decoder's result on this instance's result subject.
+thread, one at a time (`scout_services.compute.Compute`); everything else here is I/O: the plan
+(``scout.v1.plan``), the raw KV into the edge store and the encode request to the quantizer (KV modes), the
+document into the cloud store and the decode request onto the work queue (scout, text), and the wait for the
+decoder's result on this instance's result subject.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from scout_runtime.messages import (
 from scout_runtime.rpc import call
 from scout_runtime.store import BlobStore
 from scout_runtime.telemetry import inject
-from scout_services.common import Role, library_error
+from scout_services.common import Role
+from scout_services.compute import Compute
 from scout_services.selector.args import SelectorArgs
 
 log = logging.getLogger("scout.selector")
@@ -101,25 +103,7 @@ class SelectorHandlers:
         self.args = args
         self.waiter = waiter
         self.reply_subject = reply_subject
-        self.lock = asyncio.Lock()
-
-    async def _compute(self, rid: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """A pipeline function in a worker thread, one at a time, its ValueErrors as typed errors."""
-        async with self.lock:
-            try:
-                return await asyncio.to_thread(fn, *args, **kwargs)
-            except (ValueError, KeyError, IndexError) as e:
-                raise library_error(e if not isinstance(e, KeyError) else ValueError(str(e)), rid) from None
-
-    def _record(self, rid: str, start_ns: int, stages: dict[str, float]) -> None:
-        """Spans for stages a worker thread timed (contiguous from ``start_ns``)."""
-        tracer, t = self.role.telemetry.tracer, start_ns
-        for name, seconds in stages.items():
-            span = tracer.start_span(
-                name, start_time=t, attributes={"scout.role": self.role.name, "scout.request_id": rid}
-            )
-            t += int(seconds * 1e9)
-            span.end(end_time=t)
+        self.compute = Compute(role)
 
     def check_device(self, req: AskRequest) -> None:
         """A selector bound to a device (``SCOUT_SELECTOR_DEVICE_ID``) serves that device's asks only: another
@@ -153,12 +137,10 @@ class SelectorHandlers:
             with role.span("fetch document", request_id=rid):
                 document = await self.cloud.get_document(req.document_ref)
 
-        start_ns = time.time_ns()
         selector = req.selector or self.args.selector
-        edge = await self._compute(
+        edge = await self.compute.run(
             rid, edge_prefill, self.lm, question=req.question, document=document, task=req.task, selector=selector
         )
-        self._record(rid, start_ns, edge.timings)
         timings.update(edge.timings)
 
         t0 = time.perf_counter()
@@ -188,9 +170,7 @@ class SelectorHandlers:
 
         result: DecodeResult | None = None
         if plan.mode == "local":
-            start_ns = time.time_ns()
-            answer = await self._compute(rid, answer_local, self.lm, edge, max_new_tokens=req.max_new_tokens)
-            self._record(rid, start_ns, answer.timings)
+            answer = await self.compute.run(rid, answer_local, self.lm, edge, max_new_tokens=req.max_new_tokens)
             timings.update(answer.timings)
             text, sent, by = answer.answer, 0, "edge"
         else:

@@ -34,6 +34,7 @@ from scout_runtime.settings import Settings
 from scout_runtime.store import BlobStore, open_store
 from scout_runtime.telemetry import Telemetry
 from scout_services.common import Role, configure_logging, run_service
+from scout_services.compute import load_role_model
 from scout_services.selector.args import SelectorArgs
 from scout_services.selector.handlers import ResultWaiter, SelectorHandlers
 
@@ -51,16 +52,6 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.OVERLOADED: 503,
     ErrorCode.INTERNAL: 500,
 }
-
-
-def load_edge_model(args: SelectorArgs) -> Any:
-    from scout.inference import warmup
-    from scout.models import load_model
-
-    lm = load_model(args.model, dtype=args.dtype, device=args.device)
-    if args.warmup:
-        warmup(lm)
-    return lm
 
 
 class SelectorService:
@@ -102,7 +93,7 @@ class SelectorService:
         role, settings = self.role, self.role.settings
         self._health, self._ports["metrics"] = await role.serve_health(port=self.health_port)
         if self.model is None:
-            self.model = await asyncio.to_thread(load_edge_model, self.args)
+            self.model = await asyncio.to_thread(load_role_model, self.args)
         self.edge = open_store(settings.edge_store_url.get_secret_value(), settings=settings)
         self.cloud = open_store(settings.cloud_store_url.get_secret_value(), settings=settings)
         self.bus = bus = await connect_bus(settings, name=f"selector-{settings.instance_id}")

@@ -1,0 +1,26 @@
+"""The one Markdown table writer of the harness's reports (`scout_testbed.bench_report`, `scout_testbed.reliability`).
+
+Why its own module: the harness cannot import the CLI's benchmark helpers (it sits below the CLI), and its two
+reports must not each grow a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["markdown_table"]
+
+
+def _cell(value: Any) -> str:
+    """Floats with thousands separators and three decimals; anything else as text, kept on one line, with ``|``
+    escaped so a cell (an error message, a fault's outcome) cannot split the row."""
+    text = f"{value:,.3f}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (no trailing newline)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
