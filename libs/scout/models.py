@@ -16,6 +16,7 @@ Three ways to name a model:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib
 import importlib.util
@@ -293,13 +294,24 @@ def prepare(alias: str, *, force: bool = False, progress: Any = None) -> Path:
     """
     if alias not in OFFLINE_MODELS:
         raise ModelNotAvailable(f"unknown model alias {alias!r}; known: {', '.join(OFFLINE_MODELS)}")
-    m = OFFLINE_MODELS[alias]
     target = prepared_dir(alias)
     if is_prepared(alias) and not force:
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (the roles of one host, parallel tests) may meet an unprepared model at once: one converts
+    # while the others wait on the lock and then find the finished folder, instead of replacing it under a reader.
+    with open(target.parent / f".{alias}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_prepared(alias) and not force:
+            return target
+        return _prepare_locked(alias, target, progress)
+
+
+def _prepare_locked(alias: str, target: Path, progress: Any) -> Path:
+    """`prepare`'s work, under the alias's lock."""
+    m = OFFLINE_MODELS[alias]
     say = progress or (lambda msg: None)
     parts = _part_paths(m)
-    target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
     try:
         t0 = time.perf_counter()
