@@ -10,7 +10,7 @@ the requested number of context tokens (SQuAD v2 paragraphs joined and cut to le
 
 * edge: `edge_prefill` (tokenize, the scoring prefill, Q2C scores) -> ``prefill`` (tokenize + prefill), ``score``;
 * KV modes (``full``/``int8``/``int4``/``int2``/``mixed``…, named as the operating-point tables name them,
-  `scout_eval.operating_points.codec_modes`): ``encode`` = `raw_kv_blob` + `encode_uplink` (the study's quantizer
+  `scout_eval.codec_modes`): ``encode`` = `raw_kv_blob` + `encode_uplink` (the study's quantizer
   variants, which the pipeline's plan names do not cover, go through the same decode -> `quantize_cache` ->
   `encode_blob` steps); ``decode`` = `answer_from_blob`'s verify + rebuild + feeding the last prompt token — on
   the **edge** model, since a KV cache only works with the model that made it;
@@ -177,7 +177,7 @@ def build_stage_times(
     """`StageTimes` of ``edge->cloud`` and of every single model whose KV path was measured, from the raw
     measurement records `run_stages_bench` writes (see the module docstring). Returns them by file name, with the
     fitted lines and residuals for the report."""
-    from scout_eval.operating_points import pair_name
+    from scout_eval.op_tables import pair_name
 
     fits: dict[str, Any] = {}
     gen: dict[str, StageCost] = {}
@@ -323,7 +323,7 @@ def run_stages_bench(cfg: StagesBenchConfig, progress: Callable[[str], None] = l
         raw_kv_blob,
         same_tokenizer,
     )
-    from scout_eval.operating_points import codec_modes
+    from scout_eval.codec_modes import codec_modes
 
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()

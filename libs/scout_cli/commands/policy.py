@@ -15,9 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from scout_cli.console import console, print_table, say
-from scout_cli.console import fail as _fail
-from scout_cli.console import parse_floats as _floats
+from scout_cli.console import console, fail, parse_floats, print_table, say
 
 DataDirOption = Annotated[
     Path | None,
@@ -37,11 +35,11 @@ def traces_list(
     from scout.channel.traces import list_traces
 
     if direction not in (None, "uplink", "downlink"):
-        _fail(f"--direction must be uplink or downlink, got {direction!r}")
+        fail(f"--direction must be uplink or downlink, got {direction!r}")
     try:
         infos = list_traces(folder, direction, data_dir=data_dir)  # type: ignore[arg-type]
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         console.print_json(data=[i.model_dump() for i in infos])
         return
@@ -120,9 +118,9 @@ def simulate_cmd(
 ) -> None:
     """Compare policies on a request stream over a trace or the Markov chain; writes JSON, Markdown and a PNG."""
     if table_path is None:
-        _fail("--table is required: the operating-point JSON measured by `scout eval` (no quality is assumed)")
+        fail("--table is required: the operating-point JSON measured by `scout eval` (no quality is assumed)")
     if stages_path is None and not transfer_only:
-        _fail("--stages is required (stage times from `scout bench`), or pass --transfer-only")
+        fail("--stages is required (stage times from `scout bench`), or pass --transfer-only")
     from pydantic import ValidationError
 
     from scout.policy.operating_points import OperatingPointTable
@@ -143,8 +141,8 @@ def simulate_cmd(
             n_requests=requests,
             mean_interarrival_s=interarrival,
             arrivals=arrivals,  # type: ignore[arg-type]
-            context_tokens=[int(x) for x in _floats(context_tokens, "--context-tokens")],
-            deadline_s=_floats(deadline, "--deadline"),
+            context_tokens=[int(x) for x in parse_floats(context_tokens, "--context-tokens")],
+            deadline_s=parse_floats(deadline, "--deadline"),
             model_pair=pair,
             seed=seed,
         )
@@ -155,7 +153,7 @@ def simulate_cmd(
         comparison = compare(request_stream(stream), process, table, stages, specs, config)
     except (OSError, ValueError, KeyError, ValidationError) as exc:
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        _fail(text.splitlines()[0] if text else type(exc).__name__)
+        fail(text.splitlines()[0] if text else type(exc).__name__)
     meta = {
         "bandwidth": desc,
         "operating points": f"{table_path} ({table.metric}; {table.source or 'no source given'}), pair {pair}",
@@ -232,7 +230,7 @@ def bench_stages(
         cfg = StagesBenchConfig(
             edge_model=edge_model,
             cloud_model=cloud_model,
-            lengths=[int(x) for x in _floats(lengths, "--lengths")],
+            lengths=[int(x) for x in parse_floats(lengths, "--lengths")],
             repeats=repeats,
             max_new_tokens=max_new_tokens,
             **({"codecs": [c.strip() for c in codecs.split(",") if c.strip()]} if codecs else {}),
@@ -243,7 +241,7 @@ def bench_stages(
             out=out,
         )
     except ValidationError as exc:
-        _fail(str(exc).splitlines()[0])
+        fail(str(exc).splitlines()[0])
     result = run_stages_bench(cfg, progress=lambda m: console.print(f"  {m}"))
     for name in result["files"]:
         console.print(f"[green]written[/green] {out / name}")
@@ -374,7 +372,7 @@ def simulate_suite_cmd(
         cell_trace = cell_trace or defaults.cell_trace
 
     if not tables and eval_root is None:
-        _fail("give --table/--stages, or --eval-root with --pair")
+        fail("give --table/--stages, or --eval-root with --pair")
     out.mkdir(parents=True, exist_ok=True)
     inputs = out / "inputs"
     inputs.mkdir(exist_ok=True)
@@ -383,12 +381,12 @@ def simulate_suite_cmd(
             list(tables or []), list(stages or []), eval_root, list(pairs or []), stages_dir, inputs
         )
         if not triples:
-            _fail("nothing to simulate: " + "; ".join(notes or ["no table with matching stage times"]))
+            fail("nothing to simulate: " + "; ".join(notes or ["no table with matching stage times"]))
         cfg = SuiteConfig(
             traces=[t.strip() for t in traces.split(",") if t.strip()],
             context_tokens=context_tokens,
             extra_tokens=extra_tokens,
-            slacks_s=_floats(slacks, "--slacks"),
+            slacks_s=parse_floats(slacks, "--slacks"),
             requests=requests,
             interarrival_s=interarrival,
             seed=seed,
@@ -412,7 +410,7 @@ def simulate_suite_cmd(
                 )
     except (OSError, ValueError, KeyError, ValidationError) as exc:
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        _fail(text.splitlines()[0] if text else type(exc).__name__)
+        fail(text.splitlines()[0] if text else type(exc).__name__)
     parts = [f"--table {t}" for t in tables or []] + [f"--stages {st}" for st in stages or []]
     if eval_root is not None:
         parts += [f"--eval-root {eval_root}", *(f"--pair {p}" for p in pairs or []), f"--stages-dir {stages_dir}"]
