@@ -8,11 +8,7 @@ from typing import Annotated
 
 import typer
 
-from scout_cli.console import console, fail, say
-
-
-def _floats(text: str | None) -> list[float] | None:
-    return [float(x) for x in text.split(",") if x] if text else None
+from scout_cli.console import console, fail, parse_floats, say
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -66,8 +62,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         # Only the selection experiment applies a selection to the model's own prompt (scout is masked by design).
         options: dict[str, object] = {"application": application} if experiment == "selection" else {}
-        if (r := _floats(retentions)) is not None:
-            options["retentions"] = r
+        if retentions:
+            options["retentions"] = parse_floats(retentions, "--retentions")
         if methods:
             options["methods"] = [m for m in methods.split(",") if m]
         if codecs:
