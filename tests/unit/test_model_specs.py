@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import Qwen2Config
 
-from scout import models
+from scout import gguf, models
 from scout.models import ModelNotAvailable, ModelSpec, OfflineModel
 
 
@@ -120,7 +120,7 @@ def test_tied_embeddings_are_saved_under_the_embedding_name() -> None:
         tie_word_embeddings=True,
     )
     model = Qwen2ForCausalLM(cfg)
-    state = models._untied_state_dict(model)
+    state = gguf._untied_state_dict(model)
     assert "model.embed_tokens.weight" in state and "lm_head.weight" not in state
     assert torch.equal(state["model.embed_tokens.weight"], model.lm_head.weight)
     ptrs = [t.untyped_storage().data_ptr() for t in state.values()]
