@@ -284,7 +284,9 @@ def prepare(alias: str, *, force: bool = False, progress: Any = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Several processes (the roles of one host, parallel tests) may meet an unprepared model at once: one converts
     # while the others wait on the lock and then find the finished folder, instead of replacing it under a reader.
-    with open(target.parent / f".{alias}.lock", "a+b") as lock:
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{alias}.lock", "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_prepared(alias) and not force:
             return target
