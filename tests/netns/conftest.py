@@ -2,6 +2,8 @@
 checked), a NATS server, and a final check that the whole run left nothing behind.
 
 These tests need root (namespaces, qdiscs) and iproute2; elsewhere they skip, with the reason. CI runs as root.
+The lab itself (namespaces, processes, tc's counters, the traffic tool) is `scout_testbed.netlab`, shared with
+`scout bench shaping`; the load-independent assertions are `checks`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from netns_helpers import ALL_PIDS, Link, alive, namespaces, netns_link, netns_unavailable
+
+from scout_testbed.netlab import ALL_PIDS, Link, alive, namespaces, netns_link, netns_unavailable
 
 
 @pytest.fixture(autouse=True)

@@ -45,10 +45,10 @@ QUESTION = "Which country contains the majority of the Amazon rainforest?"
 # the stack (used by the test, in the root namespace)
 # ----------------------------------------------------------------------------------------------------------------
 class Stack:
-    """Servers and roles of one test on a `netns_helpers.Link` (see the module docstring)."""
+    """Servers and roles of one test on a `scout_testbed.netlab.Link` (see the module docstring)."""
 
     def __init__(self, link: Any, workdir: Path, namespace: str) -> None:
-        from netns_helpers import CLOUD_IP
+        from scout_testbed.netlab import CLOUD_IP
 
         self.link = link
         self.workdir = workdir

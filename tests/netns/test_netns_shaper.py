@@ -1,6 +1,9 @@
 """The shaper sidecar as a process, on a real veth: link state on a real NATS and the Prometheus gauge as the rate
 changes, per-destination shaping, the delay relay, the start-up refusal without NET_ADMIN, and clean-up (SIGTERM,
-SIGKILL then restart, and the namespace fixture itself when a test fails)."""
+SIGKILL then restart, and the namespace fixture itself when a test fails).
+
+No assertion reads a measured rate or an upper bound on a time (the machine's load moves both): shaping is
+checked by tc's configuration and counters and by bounds that load cannot break (see `checks`)."""
 
 from __future__ import annotations
 
@@ -18,13 +21,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns_helpers import (
+from checks import applied_rates, assert_tbf_configured, assert_throttled, assert_within_bucket
+from pydantic import SecretStr
+
+from scout.channel.shaping import SHAPED_CLASS, tbf_params
+from scout_runtime.bus import Msg, NatsBus
+from scout_runtime.messages import LinkState, parse
+from scout_runtime.settings import Settings
+from scout_runtime.subjects import Subjects
+from scout_services.shaper.handlers import kernel_hz
+from scout_testbed.netlab import (
     CLOUD_IP,
     CLOUD_IP2,
     PORT,
     Arrivals,
     Link,
     Proc,
+    U32Filter,
     alive,
     clean_env,
     fetch,
@@ -33,13 +46,6 @@ from netns_helpers import (
     netns_link,
     run,
 )
-from pydantic import SecretStr
-
-from scout.channel.shaping import expected_goodput_fraction
-from scout_runtime.bus import Msg, NatsBus
-from scout_runtime.messages import LinkState, parse
-from scout_runtime.settings import Settings
-from scout_runtime.subjects import Subjects
 
 
 def sink_result(server: Proc) -> dict[str, Any]:
@@ -82,29 +88,35 @@ def test_link_state_and_gauge_report_the_configured_rate_as_it_changes(
 ) -> None:
     """A trace of 20, 20, 40, 10, 30, 50 Mbit/s (1 s rows) replayed at 2x from a URL: every rate the shaper
     configures appears, in order, as `LinkState` on ``<ns>.scout.v1.link.<device>`` of a real NATS, and the
-    gauge, the kernel's tbf and the heartbeats agree with the last one."""
+    gauge, the kernel's tbf and the heartbeats agree with the last one.
+
+    Heartbeats come every 2 s while the rate changes every 0.5 s, so seeing each of the five changes on the bus
+    shows they are published as they are applied (a heartbeat-only publisher would show at most two of them)."""
     namespace = "t" + uuid.uuid4().hex[:12]
     device = "dev-" + uuid.uuid4().hex[:8]
     subject = Subjects(namespace).link(device)
     expected = [20e6, 40e6, 10e6, 30e6, 50e6]
-    received: list[tuple[str, LinkState, float]] = []
+    received: list[tuple[str, LinkState]] = []
 
     async def scenario() -> tuple[Proc, str, str]:
         bus = await NatsBus.connect(Settings(nats_url=SecretStr(nats_url)), name="netns-link-state")
 
         async def on(msg: Msg) -> None:
-            received.append((msg.subject, parse(LinkState, msg.data), time.time()))
+            received.append((msg.subject, parse(LinkState, msg.data)))
 
         try:
             await bus.subscribe(Subjects(namespace).link_all, on)
             shaper = await asyncio.to_thread(
                 link.shaper,
                 *("--trace", trace_url, "--speed", "2x", "--no-loop", "--nats", nats_url),
-                *("--device-id", device, "--publish-interval", "0.4"),
+                *("--device-id", device, "--publish-interval", "2"),
                 env={"SCOUT_NAMESPACE": namespace},
             )
-            await asyncio.to_thread(shaper.next_json, 30, "trace_end")
-            await asyncio.sleep(1.0)  # two heartbeats of the held rate
+            await asyncio.to_thread(shaper.next_json, 60, "trace_end")
+            deadline = time.monotonic() + 60
+            while sum(st.rate_bps == 50e6 for _, st in received) < 2:  # the change, then a heartbeat of it
+                assert time.monotonic() < deadline, f"no heartbeat of the held rate: {received}"
+                await asyncio.sleep(0.1)
             port = shaper.events("ready")[0]["ports"]["metrics"]
             metrics = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
             ready = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/readyz")
@@ -121,18 +133,14 @@ def test_link_state_and_gauge_report_the_configured_rate_as_it_changes(
 
     events = shaper.events("rate")
     assert [e["rate_bps"] for e in events] == expected
-    assert all(s == subject for s, _, _ in received), "published on another subject"
-    states = [state for _, state, _ in received]
+    assert all(s == subject for s, _ in received), "published on another subject"
+    states = [state for _, state in received]
     assert all(st.device_id == device and st.source == "shaper" for st in states)
     changes = [st.rate_bps for i, st in enumerate(states) if i == 0 or st.rate_bps != states[i - 1].rate_bps]
     assert changes == expected, f"published {[st.rate_bps for st in states]}"
-    assert sum(st.rate_bps == 50e6 for st in states) >= 3, "no heartbeat of the held rate"
-    # Each change is published as it is applied (not at the next heartbeat).
-    first_seen = {}
-    for _, st, t in received:
-        first_seen.setdefault(st.rate_bps, t)
-    for event in events:
-        assert 0 <= first_seen[event["rate_bps"]] - event["at"] < 0.5
+    # Each change is announced after tc applied it: its first message is stamped no earlier than the rate event.
+    first = {st.rate_bps: st.at for st in reversed(states)}
+    assert all(first[e["rate_bps"]] >= e["at"] for e in events)
 
     assert shaper.terminate() == 0, shaper.tail()
     assert link.qdisc_kinds() == ["noqueue"]
@@ -142,21 +150,44 @@ def test_link_state_and_gauge_report_the_configured_rate_as_it_changes(
 # per-destination shaping
 # ----------------------------------------------------------------------------------------------------------------
 def test_only_uplink_traffic_to_the_cloud_store_is_shaped(link: Link) -> None:
-    """With --dst, traffic to the store's address and port goes through the 10 Mbit/s class; traffic to another
-    address of the same peer is not shaped at all. SIGTERM removes the htb, its class, filter and tbf leaf."""
+    """With --dst, a u32 filter sends traffic to the store's address and port to the shaped class, whose tbf leaf
+    counts every byte of a flow to the store and throttles it; a flow to another address of the same peer leaves
+    through htb's unshaped direct queue and adds (almost) nothing to the shaped leaf. Counted by tc, so the
+    machine's load cannot change the outcome. SIGTERM removes the htb, its class, filter and tbf leaf."""
     server = link.serve()
     shaper = link.shaper("--rate", "10mbit", "--dst", f"{CLOUD_IP}:{PORT}")
     assert link.qdisc_kinds() == ["htb", "tbf"]
-    filters = run(["tc", "-n", link.edge, "filter", "show", "dev", link.edge_if]).stdout
-    assert "0a4d0002/ffffffff at 16" in filters and "flowid 1:10" in filters  # 10.77.0.2, to the shaped class
+    params = tbf_params(10e6, hz=kernel_hz())
+    leaf = link.qdisc("tbf")
+    assert leaf.parent == SHAPED_CLASS and leaf.handle == "10:"
+    assert_tbf_configured(leaf, params)
+    assert link.qdisc("htb").options["default"] == "0"  # unclassified traffic: the direct queue, never shaped
+    # 10.77.0.2 at IP offset 16; the port in the low half of the ports word at offset 20 (no IP options)
+    keys = ((16, "a4d0002", "ffffffff"), (20, f"{PORT:x}", "ffff"))
+    assert link.u32_filters() == [U32Filter(flowid=SHAPED_CLASS, keys=keys)]
 
-    link.client("send", "--host", CLOUD_IP, "--port", str(PORT), "--seconds", "2.5")
-    shaped = Arrivals.of(sink_result(server)).steady_goodput_bps()
-    link.client("send", "--host", CLOUD_IP2, "--port", str(PORT), "--seconds", "0.5")
-    other = Arrivals.of(sink_result(server)).steady_goodput_bps(warmup_s=0.1)
-    print(f"\nto the store: {shaped / 1e6:.2f} Mbit/s (10 configured); elsewhere: {other / 1e6:.0f} Mbit/s")
-    assert 0.9 * 10e6 <= shaped <= 10e6
-    assert other > 5 * 10e6, "traffic to another destination was shaped too"
+    to_store = link.client("send", "--host", CLOUD_IP, "--port", str(PORT), "--seconds", "2")
+    store_arrivals = Arrivals.of(sink_result(server))
+    after_store = {q.kind: q for q in link.qdiscs()}
+    assert to_store["received"] == to_store["sent"] > 0
+    assert_throttled(None, after_store["tbf"], to_store["received"])
+    (event,) = shaper.events("rate")
+    assert_within_bucket(store_arrivals, applied_rates([event]), params.burst_bytes, since=to_store["t_first"])
+
+    elsewhere = link.client("send", "--host", CLOUD_IP2, "--port", str(PORT), "--seconds", "0.5")
+    sink_result(server)
+    after_other = {q.kind: q for q in link.qdiscs()}
+    assert elsewhere["received"] == elsewhere["sent"] > 0
+    shaped = after_other["tbf"].bytes - after_store["tbf"].bytes
+    unshaped = (after_other["htb"].bytes - after_other["tbf"].bytes) - (
+        after_store["htb"].bytes - after_store["tbf"].bytes
+    )
+    direct = after_other["htb"].options["direct_packets_stat"] - after_store["htb"].options["direct_packets_stat"]
+    print(f"\nto the store: {after_store['tbf'].bytes} B through the 10 Mbit/s leaf; elsewhere: {unshaped} B direct")
+    assert unshaped >= elsewhere["received"] and direct > 0, "traffic to another destination missed the direct queue"
+    assert shaped < 10_000, (
+        f"{shaped} B of traffic elsewhere went through the shaped class (only the first flow's close may)"
+    )
 
     assert shaper.terminate() == 0, shaper.tail()
     assert link.qdisc_kinds() == ["noqueue"]
@@ -170,40 +201,46 @@ DELAY_MS = 40.0
 RELAY_RATE = 50e6
 
 
-def test_relay_adds_the_one_way_delay_without_queueing_of_its_own(link: Link) -> None:
+def test_relay_adds_the_one_way_delay_and_its_traffic_crosses_the_shaped_link(link: Link) -> None:
     """The shaper runs inside the edge namespace (as in a pod) with a 40 ms relay to the store.
 
-    * an idle round trip through the relay takes the delay (never less; at most 10 ms more: asyncio's timer and
-      two loopback hops), while the direct path takes under 5 ms;
-    * a 2 MB upload through the relay takes delay + bytes / goodput rate (`PacedLink`'s model) within 15 %;
-    * bulk goodput through the relay stays within 10 % of the rate: its window (bandwidth-delay product) never
-      throttles the link.
+    What load cannot change: a round trip through the relay never takes less than the delay; a 2 MB upload
+    through it arrives whole, never faster than delay + (bytes - one bucket) / rate, and every byte of it passes
+    the tbf; bulk traffic through the relay is throttled by the tbf (not merely delayed) and never arrives ahead
+    of the bucket. How close to the rate the relay's window lets a flow get is a measurement (the window's
+    arithmetic is checked in tests/unit/test_shaping.py); the medians are printed for information.
     """
     server = link.serve()
     shaper = link.shaper(
         *("--rate", "50mbit", "--delay-ms", f"{DELAY_MS:g}", "--relay-target", f"{CLOUD_IP}:{PORT}"), inside=True
     )
     relay = str(shaper.events("ready")[0]["ports"]["relay"])
+    params = tbf_params(RELAY_RATE, hz=kernel_hz())
+    assert_tbf_configured(link.qdisc("tbf"), params)
 
     direct = link.client("ping", "--host", CLOUD_IP, "--port", str(PORT), "--count", "10")["rtts_ms"]
     relayed = link.client("ping", "--host", "127.0.0.1", "--port", relay, "--count", "10")["rtts_ms"]
     print(f"\nround trip: direct {statistics.median(direct):.2f} ms, relayed {statistics.median(relayed):.2f} ms")
-    assert statistics.median(direct) < 5.0
     assert min(relayed) >= DELAY_MS
-    assert statistics.median(relayed) <= DELAY_MS + 10.0
 
     nbytes = 2_000_000
+    before = link.qdisc("tbf")
     put = link.client("send", "--host", "127.0.0.1", "--port", relay, "--bytes", str(nbytes))
     assert put["received"] == nbytes
-    model = DELAY_MS / 1000 + nbytes * 8 / (RELAY_RATE * expected_goodput_fraction())
-    print(f"2 MB upload: {put['elapsed_s'] * 1000:.0f} ms, model delay + bytes/rate {model * 1000:.0f} ms")
-    assert put["elapsed_s"] == pytest.approx(model, rel=0.15)
+    assert link.qdisc("tbf").bytes - before.bytes >= nbytes
+    floor = DELAY_MS / 1000 + (nbytes - params.burst_bytes) * 8 / RELAY_RATE
+    print(f"2 MB upload: {put['elapsed_s'] * 1000:.0f} ms; never less than {floor * 1000:.0f} ms")
+    assert put["elapsed_s"] >= floor
 
-    link.client("send", "--host", "127.0.0.1", "--port", relay, "--seconds", "3")
+    before = link.qdisc("tbf")
+    bulk = link.client("send", "--host", "127.0.0.1", "--port", relay, "--seconds", "2")
     sink_result(server)  # the 2 MB upload
-    goodput = Arrivals.of(sink_result(server)).steady_goodput_bps()
-    print(f"bulk through the relay: {goodput / 1e6:.2f} Mbit/s of {RELAY_RATE / 1e6:g}")
-    assert 0.9 * RELAY_RATE <= goodput <= RELAY_RATE
+    arrivals = Arrivals.of(sink_result(server))
+    assert bulk["received"] == bulk["sent"] == arrivals.cum[-1]
+    assert_throttled(before, link.qdisc("tbf"), bulk["received"])
+    (event,) = shaper.events("rate")
+    assert_within_bucket(arrivals, applied_rates([event]), params.burst_bytes, since=bulk["t_first"])
+    print(f"bulk through the relay: {arrivals.steady_goodput_bps() / 1e6:.2f} Mbit/s of {RELAY_RATE / 1e6:g}")
 
     assert shaper.terminate() == 0, shaper.tail()
     assert link.qdisc_kinds() == ["noqueue"]
@@ -255,7 +292,7 @@ def test_scout_shape_refuses_bad_settings_in_one_line(argv: list[str], message: 
     result = CliRunner().invoke(app, ["shape", *argv])
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("scout shape: error: ") and message in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
 def test_destinations_by_name_are_resolved_to_addresses() -> None:
