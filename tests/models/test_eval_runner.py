@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scout_eval.report import summarise_run, write_reports
-from scout_eval.runner import RunConfig, read_samples, run_experiment
+from scout_eval.report import write_reports
+from scout_eval.run_folder import RUN_FILE, read_samples
+from scout_eval.runner import RunConfig, run_experiment
+from scout_eval.summary import summarise_run
 
 pytestmark = pytest.mark.models
 
@@ -80,6 +82,7 @@ def test_scout_run_across_tokenizers(tmp_path: Path) -> None:
     if not installed("qwen2.5-coder-0.5b"):
         pytest.skip("qwen2.5-coder-0.5b not installed")
     cfg = _cfg(tmp_path, "scout", n=1, cloud_model="qwen2.5-coder-0.5b", options={"retentions": [0.5]})
-    row = read_samples(run_experiment(cfg))[0]["conditions"]
+    run_dir = run_experiment(cfg)  # not always cfg.run_dir: a run on the packaged sample is renamed `__sample`
+    row = read_samples(run_dir)[0]["conditions"]
     assert 0.0 < row["scout@0.5"]["overlap"] <= 1.0
-    assert json.loads((cfg.run_dir / "run.json").read_text())["models"]["same_tokenizer"] is False
+    assert json.loads((run_dir / RUN_FILE).read_text())["models"]["same_tokenizer"] is False

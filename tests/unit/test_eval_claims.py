@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from scout_eval.claims import build_claims, write_claims
-from scout_eval.runner import RESULTS_FILE, RUN_FILE
+from scout_eval.run_folder import RESULTS_FILE, RUN_FILE
 
 
 def _run(

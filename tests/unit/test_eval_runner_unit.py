@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from scout.datasets import Example
-from scout_eval.runner import Experiment, RunConfig, read_samples, register, run_experiment
+from scout_eval.experiments.base import Experiment, register
+from scout_eval.run_folder import read_samples
+from scout_eval.runner import RunConfig, run_experiment
 
 
 @register
@@ -60,9 +62,9 @@ def test_resume_continues_and_a_larger_n_extends(tmp_path: Path) -> None:
 
 
 def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
-    run_experiment(_cfg(tmp_path, options={"codecs": ["bf16", "int8"]}), limit=1)
+    run_dir = run_experiment(_cfg(tmp_path, options={"codecs": ["bf16", "int8"]}), limit=1)
     with pytest.raises(ValueError, match=r"other settings.*codecs"):
         run_experiment(_cfg(tmp_path, options={"codecs": ["bf16", "int4"]}))
     with pytest.raises(ValueError, match="max_new_tokens"):
         run_experiment(_cfg(tmp_path, options={"codecs": ["bf16", "int8"]}, max_new_tokens=4))
-    assert len(read_samples(_cfg(tmp_path).run_dir)) == 1
+    assert len(read_samples(run_dir)) == 1  # the refused runs appended nothing

@@ -138,4 +138,20 @@ def test_uplink_send_schedules_chunks_back_to_back() -> None:
     assert link.transfer_time(1_000_000) == pytest.approx(0.1)
     elapsed = asyncio.run(link.send(1_000_000))
     assert elapsed >= 0.1
-    assert asyncio.run(link.send(0)) < 1.0  # nothing to send: no sleep
+
+
+def test_uplink_send_of_nothing_never_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing to send: no chunk is scheduled, so the sender never sleeps (checked by counting, not timing)."""
+    import scout_runtime.store.pacing as pacing
+
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    monkeypatch.setattr(pacing.asyncio, "sleep", fake_sleep)
+    link = PacedUplink(80e6, chunk_bytes=10_000)
+    asyncio.run(link.send(0))
+    assert sleeps == []
+    asyncio.run(link.send(25_000))
+    assert len(sleeps) == 3  # three chunks: 10 kB, 10 kB, 5 kB

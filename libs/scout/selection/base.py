@@ -1,4 +1,5 @@
-"""The selector interface and its registry.
+"""The selector interface and its registry (`SELECTORS`, filled by `register`; look-ups go through the package,
+`scout.selection.get_selector`, which imports every method first).
 
 A selector turns what one prefill produced (`ScoringContext`) into one score per *context* position
 (`score()`), and `select(scores, retention)` keeps the top fraction. As in NVIDIA kvpress, each method is one
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -142,12 +143,3 @@ def register(cls: type[Selector]) -> type[Selector]:
         raise ValueError(f"selector name {name!r} registered twice")
     SELECTORS[name] = cls
     return cls
-
-
-def get_selector(name: str, **options: Any) -> Selector:
-    """An instance of the selector called `name` (options are its dataclass fields)."""
-    import scout.selection  # noqa: F401  (populates the registry)
-
-    if name not in SELECTORS:
-        raise KeyError(f"unknown selector {name!r}; known: {', '.join(sorted(SELECTORS))}")
-    return SELECTORS[name](**options)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from scout.datasets import Example
+from scout_eval.experiments.base import Experiment, model_identity, register
 from scout_eval.experiments.codecs import codec
 from scout_eval.experiments.common import choice_scored, scored
-from scout_eval.runner import Experiment, model_identity, register
 
 DEFAULT_CODECS = ["bf16", "int8", "int4", "int2"]
 

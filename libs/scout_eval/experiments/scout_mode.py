@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from scout.datasets import Example
+from scout_eval.experiments.base import Experiment, model_identity, register
 from scout_eval.experiments.common import scored
-from scout_eval.runner import Experiment, model_identity, register
 
 DEFAULT_RETENTIONS = [0.25, 0.5, 0.75]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from scout.datasets import Example
+from scout_eval.experiments.base import Experiment, model_identity, register
 from scout_eval.experiments.common import scored
-from scout_eval.runner import Experiment, model_identity, register
 
 DEFAULT_METHODS = ["q2c", "q2c_mean", "snapkv", "h2o", "random", "streaming"]
 DEFAULT_RETENTIONS = [0.1, 0.25, 0.5, 0.75]

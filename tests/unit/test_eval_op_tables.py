@@ -1,4 +1,4 @@
-"""Operating-point tables exported from saved evaluation runs (`scout_eval.operating_points`).
+"""Operating-point tables exported from saved evaluation runs (`scout_eval.op_tables`, `scout_eval.codec_modes`).
 
 Every run folder here is constructed in tmp_path (run.json + samples.jsonl with chosen per-sample scores), so the
 expected means, n, sources and sizes can be computed by hand; the model geometry is a tiny made-up one.
@@ -13,18 +13,17 @@ from typing import Any
 import pytest
 import torch
 
-import scout_eval.operating_points as eop
+import scout_eval.op_tables as eop
 from scout.codec.quant import BitPlan, QuantSpec, quantize_cache
 from scout.codec.wire import encode_blob
 from scout.kvcache import KVCache
 from scout.policy.operating_points import KVGeometry, OperatingPointTable, kv_size_model, positions_size_model
-from scout_eval.operating_points import (
+from scout_eval.codec_modes import codec_modes, parse_codec
+from scout_eval.op_tables import (
     NoMeasuredPoints,
     build_pair_table,
     build_single_table,
-    codec_modes,
     collect_runs,
-    parse_codec,
     write_operating_points,
 )
 from scout_eval.report import write_reports
