@@ -107,7 +107,7 @@ def write(records: list[Record], ids: list[str], dest: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", type=Path, help="folder holding data/<dataset>/<file>.jsonl (e.g. ../shared)")
+    parser.add_argument("source", type=Path, help="folder holding data/<dataset>/<file>.jsonl (a copy of the source datasets)")
     parser.add_argument(
         "--out",
         type=Path,
