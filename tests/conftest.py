@@ -1,10 +1,22 @@
-"""Shared fixtures. Model fixtures load real weights (SmolLM2-135M in CI) once per session."""
+"""Shared fixtures. Model fixtures load real weights (SmolLM2-135M in CI) once per session.
+
+Async tests need no marker: coroutine test functions are marked ``asyncio`` at collection (the project's pytest
+config is shared, so the mode is set here, per test, not in pyproject).
+"""
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 
 from scout.datasets import Example, load_examples
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    if inspect.iscoroutinefunction(obj) and collector.funcnamefilter(name):
+        pytest.mark.asyncio(obj)
 
 
 def _load(alias: str, dtype: str):

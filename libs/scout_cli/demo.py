@@ -41,9 +41,9 @@ from rich.text import Text
 
 from scout_runtime.bus import connect_bus
 from scout_runtime.errors import ScoutError
-from scout_runtime.messages import AskRequest, LinkState
+from scout_runtime.messages import LinkState
 from scout_runtime.settings import Settings
-from scout_services.client import ask
+from scout_services.client import ask, new_request
 from scout_services.cloud_decoder.args import DecoderArgs
 from scout_services.cloud_decoder.main import CloudDecoderService
 from scout_services.quantizer.main import QuantizerService
@@ -282,14 +282,9 @@ async def _ask_once(
     max_new_tokens: int,
 ) -> DemoAsk:
     """One ask through `scout_services.client.ask`; a typed error becomes a RuntimeError naming the ask."""
-    request = AskRequest(
-        request_id=uuid.uuid4().hex,
-        device_id=DEVICE_ID,
-        document=document,
-        question=question,
-        deadline_ms=deadline_ms,
-        max_new_tokens=max_new_tokens,
-        mode=None if label == "auto" else label,
+    mode = None if label == "auto" else label
+    request = new_request(
+        question, document, device_id=DEVICE_ID, deadline_ms=deadline_ms, max_new_tokens=max_new_tokens, mode=mode
     )
     t0 = time.perf_counter()
     try:

@@ -21,7 +21,7 @@ from scout_runtime.messages import AskReply, AskRequest, parse_reply
 from scout_runtime.rpc import call
 from scout_runtime.settings import Settings
 
-__all__ = ["ROUTES", "AskFailed", "Route", "ask", "ask_fields", "ask_subject"]
+__all__ = ["ROUTES", "AskFailed", "Route", "ask", "ask_fields", "ask_subject", "new_request"]
 
 Route = Literal["shared", "device"]
 ROUTES: tuple[Route, ...] = ("shared", "device")
@@ -69,6 +69,11 @@ async def ask(
         await bus.close()
 
 
+def new_request(question: str, document: str, *, device_id: str, **options: Any) -> AskRequest:
+    """An `AskRequest` with a fresh request id; ``options`` are its other fields (deadline, mode, retention …)."""
+    return AskRequest(request_id=uuid.uuid4().hex, device_id=device_id, document=document, question=question, **options)
+
+
 class AskFailed(Exception):
     """An ask that got no answer: an invalid request or a typed error reply (the message says which)."""
 
@@ -89,11 +94,10 @@ def ask_fields(
 ) -> dict[str, Any]:
     """``scout ask``: build the request, send it, return the reply as plain fields (plus the plan's reason)."""
     try:
-        request = AskRequest(
-            request_id=uuid.uuid4().hex,
+        request = new_request(
+            question,
+            document,
             device_id=device_id,
-            document=document,
-            question=question,
             deadline_ms=deadline_ms,
             max_new_tokens=max_new_tokens,
             mode=mode,

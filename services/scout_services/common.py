@@ -19,32 +19,42 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypedDict, TypeVar, Unpack
 
 from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 from prometheus_client import CollectorRegistry
 
+from scout_runtime.bus import Bus, EnqueueResult, Msg, Subscription, connect_bus
 from scout_runtime.errors import BadRequest, BlobCorrupt, ScoutError, UnknownModel
-from scout_runtime.limits import Limits
+from scout_runtime.limits import InflightLimiter, Limits
+from scout_runtime.messages import DecodeRequest, Message
 from scout_runtime.metrics import HealthState, ServiceMetrics, create_health_app, start_http
+from scout_runtime.rpc import serve
 from scout_runtime.settings import Settings
+from scout_runtime.store import BlobStore, open_store
 from scout_runtime.subjects import Subjects
-from scout_runtime.telemetry import Telemetry, scout_attributes, setup_telemetry, start_span
+from scout_runtime.telemetry import Telemetry, inject, scout_attributes, setup_telemetry, start_span
 
 __all__ = [
     "Role",
+    "RoleOptions",
+    "RoleService",
     "Service",
+    "ServiceOptions",
     "configure_logging",
+    "enqueue_decode",
     "library_error",
     "result_cache_key",
     "run_service",
 ]
 
 log = logging.getLogger("scout.services")
+Req = TypeVar("Req", bound=Message)
 
 
 def configure_logging() -> None:
@@ -147,6 +157,120 @@ def library_error(error: Exception, request_id: str | None = None) -> ScoutError
     if isinstance(error, ValueError | IndexError):
         return BadRequest(str(error), request_id=request_id)
     raise error
+
+
+async def enqueue_decode(role: Role, bus: Bus, **fields: Any) -> EnqueueResult:
+    """Put one `DecodeRequest` (``fields``) on the decode work queue, with the current trace context in its headers
+    and in the message. Both producers (the quantizer for KV modes, the selector for scout/text) send it this way.
+
+    The message id deduplicates retries of this one publish; it is unique per enqueue so that a request id reused
+    later is decoded again (the decoder's result cache answers a reused id, see cloud_decoder)."""
+    headers = inject()
+    decode = DecodeRequest(
+        **fields, trace_context={k: v for k, v in headers.items() if k in ("traceparent", "tracestate")}
+    )
+    msg_id = f"{decode.request_id}.{uuid.uuid4().hex[:12]}"
+    return await bus.enqueue(role.subjects.decode, decode.to_bytes(), headers=headers, msg_id=msg_id)
+
+
+class RoleOptions(TypedDict, total=False):
+    """`Role.create`'s keyword options, as a service passes them through."""
+
+    telemetry: Telemetry | None
+    registry: CollectorRegistry | None
+    set_global: bool
+
+
+class ServiceOptions(RoleOptions, total=False):
+    """The keyword options every bus role's service takes (`RoleService`): tests and the demo pass
+    ``health_port=0`` (and their own telemetry or metrics registry), a role's ``main`` passes ``set_global``."""
+
+    health_port: int | None
+
+
+class RoleService:
+    """What the four bus roles' services (selector, quantizer, transport policy, cloud decoder) share: the role,
+    the health endpoint, the bus connection and its readiness check, the stores, queue-group serving, and the
+    order things close in at the end of a graceful stop (bus, then stores, then the health endpoint last, so a
+    probe sees "draining" until the very end)."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings | None = None,
+        *,
+        health_port: int | None = None,
+        **options: Unpack[RoleOptions],
+    ) -> None:
+        self.role = Role.create(name, settings, **options)
+        self.health_port = health_port
+        self.bus: Bus | None = None
+        self._http: Any = None
+        self._port = 0
+
+    def ports(self) -> dict[str, int]:
+        """The ports bound so far: none until the health endpoint is up (a test polls for it during a start)."""
+        return {"metrics": self._port} if self._http is not None else {}
+
+    async def _serve_health(self) -> None:
+        """The health endpoint comes first, so a probe can watch the slow part of the start."""
+        self._http, self._port = await self.role.serve_health(port=self.health_port)
+
+    async def _connect(self, client: str) -> Bus:
+        """Connect as ``<client>-<instance id>`` and make the connection part of readiness."""
+        settings = self.role.settings
+        self.bus = await connect_bus(settings, name=f"{client}-{settings.instance_id}")
+        self.role.health.checks["bus"] = self._bus_ok
+        return self.bus
+
+    def _open_store(self, which: Literal["edge", "cloud"]) -> BlobStore:
+        """The edge or the cloud store from the settings, its ping part of readiness (``<which>_store``)."""
+        settings = self.role.settings
+        url = settings.edge_store_url if which == "edge" else settings.cloud_store_url
+        store = open_store(url.get_secret_value(), settings=settings)
+        self.role.health.checks[f"{which}_store"] = store.ping
+        return store
+
+    async def _serve(
+        self,
+        subject: str,
+        request_cls: type[Req],
+        handler: Callable[[Req, Msg], Awaitable[Message]],
+        *,
+        queue: str,
+        concurrency: int,
+        op: str,
+        inflight: InflightLimiter | None = None,
+    ) -> Subscription:
+        """`scout_runtime.rpc.serve` in a queue group, with this role's limits, tracer and metrics."""
+        assert self.bus is not None
+        role = self.role
+        return await serve(
+            self.bus,
+            subject,
+            request_cls,
+            handler,
+            queue=queue,
+            concurrency=concurrency,
+            limits=role.limits,
+            tracer=role.telemetry.tracer,
+            metrics=role.metrics,
+            inflight=inflight,
+            op=op,
+        )
+
+    async def _bus_ok(self) -> bool:
+        return self.bus is not None and self.bus.is_connected
+
+    async def _close(self, *stores: BlobStore | None) -> None:
+        """The end of a graceful stop, once the role's subscriptions have drained."""
+        if self.bus is not None:
+            await self.bus.close()
+        for store in stores:
+            if store is not None:
+                await store.close()
+        if self._http is not None:
+            await self._http.cleanup()
 
 
 class Service(Protocol):

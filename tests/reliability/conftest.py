@@ -9,19 +9,12 @@ second decoder afterwards and restarts the victim only when a later test asks fo
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 
 import pytest
 
 from scout_testbed.soak import SoakDocument, load_documents
 from scout_testbed.testbed import Deployment, deployment
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
-    if inspect.iscoroutinefunction(obj) and collector.funcnamefilter(name):
-        pytest.mark.asyncio(obj)
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,11 @@
 """Fixtures for the runtime tests: real nats-server / redis-server (the local ones, or our own), and the embedded bus
 and store side by side, so every contract test runs against both implementations.
 
-Async tests need no marker: coroutine test functions in this directory are marked ``asyncio`` at collection (the
-project's pytest config is shared, so the mode is set here, per test, not in pyproject).
+Async tests need no marker: ``tests/conftest.py`` marks coroutine test functions ``asyncio`` at collection.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import secrets
 import shutil
@@ -23,12 +21,6 @@ from runtime_helpers import AclRedis, AuthNats, BusFactory, delete_prefix, local
 from scout_runtime.bus import Bus, InProcessBroker, InProcessBus, NatsBus, WorkQueueSpec
 from scout_runtime.settings import Settings
 from scout_runtime.store import BlobStore, MemoryStore, RedisStore
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
-    if inspect.iscoroutinefunction(obj) and collector.funcnamefilter(name):
-        pytest.mark.asyncio(obj)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ compute the same floating-point operations in the same order.
 
 from __future__ import annotations
 
-import inspect
 import shutil
 import sys
 import uuid
@@ -27,12 +26,6 @@ from stack import ServiceStack, SpanSink
 from scout.datasets import Example, load_examples
 from scout_runtime.bus import NatsBus, WorkQueueSpec
 from scout_runtime.settings import Settings
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
-    if inspect.iscoroutinefunction(obj) and collector.funcnamefilter(name):
-        pytest.mark.asyncio(obj)
 
 
 @pytest.fixture(scope="session")

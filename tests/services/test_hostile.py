@@ -22,6 +22,7 @@ from scout_runtime.settings import Settings
 from scout_runtime.store import RedisStore
 from scout_testbed.hostile import Target, run_decode, run_request_reply
 from scout_testbed.hostile_cases import (
+    Fixtures,
     ask_body,
     ask_cases,
     decode_cases,
@@ -43,6 +44,15 @@ def _target(stack: ServiceStack, settings: Settings) -> Target:
         selector_instance=stack.selector.instance,
         alive=lambda: all(p.alive for p in stack.procs.values()),
     )
+
+
+async def _fixtures(target: Target, ref_lm: Any, ex: Example) -> Fixtures:
+    """The staged blobs and documents the encode and decode cases point at (in the stack's Redis)."""
+    store = target.open_store()
+    try:
+        return await stage_fixtures(store, ref_lm, "smollm2-135m", ex.question, ex.context)
+    finally:
+        await store.close()
 
 
 async def test_http_endpoint_answers_hostile_input_with_typed_errors(stack: ServiceStack) -> None:
@@ -76,12 +86,7 @@ async def test_subjects_answer_hostile_input_with_typed_errors(
     stack: ServiceStack, settings: Settings, client: NatsBus, ref_lm: Any, squad: list[Example]
 ) -> None:
     target = _target(stack, settings)
-    ex = squad[0]
-    store = target.open_store()
-    try:
-        fx = await stage_fixtures(store, ref_lm, "smollm2-135m", ex.question, ex.context)
-    finally:
-        await store.close()
+    fx = await _fixtures(target, ref_lm, squad[0])
     reply_to = settings.subjects().result("hostile")
     corpora = {
         "ask": ask_cases(seed=1, random_n=8),
@@ -104,12 +109,7 @@ async def test_decode_queue_answers_hostile_work_with_typed_errors(
     stack.ensure_decoders()
     target = _target(stack, settings)
     subjects = settings.subjects()
-    ex = squad[0]
-    store = target.open_store()
-    try:
-        fx = await stage_fixtures(store, ref_lm, "smollm2-135m", ex.question, ex.context)
-    finally:
-        await store.close()
+    fx = await _fixtures(target, ref_lm, squad[0])
     token = "hostile-decode"
     cases = decode_cases(fx, subjects.result(token), subjects.ask, seed=4, random_n=8)
     readable = [c for c in cases if c.readable]

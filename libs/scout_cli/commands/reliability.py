@@ -9,8 +9,10 @@ imported inside the command, so `scout --help` never loads it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -72,14 +74,14 @@ def _run(
         raise typer.Exit(1)
 
 
-def register(app: typer.Typer, bench: typer.Typer) -> None:
-    del app
+def _command(label: str, out_default: str, doc: str, *, hostile: bool) -> Callable[..., None]:
+    """One command of the two: the options they share, plus ``--hostile-random`` where hostile input is sent.
 
-    @bench.command("reliability")
-    def bench_reliability(
-        out: Annotated[Path, typer.Option(help="output folder (the Markdown goes next to it)")] = Path(
-            "reports/reliability"
-        ),
+    Typer reads a command's options from its signature, so the shared ones are written once here and the soak's
+    signature is this one without ``hostile_random`` (evaluated, since typer takes a given signature as it is)."""
+
+    def command(
+        out: Annotated[Path, typer.Option(help="output folder (the Markdown goes next to it)")] = Path(out_default),
         concurrency: ConcurrencyOpt = None,
         requests: RequestsOpt = None,
         model: ModelOpt = "smollm2-135m",
@@ -88,25 +90,38 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         documents: DocumentsOpt = 16,
         hostile_random: Annotated[int, typer.Option(help="random-byte inputs per entry point")] = 16,
     ) -> None:
-        """Soak at each load level (sent / answered / typed errors / lost / duplicated, p50/p99), every fault
-        (link to zero, Redis and NATS restarts, kill -9 of a decoder) and hostile input on every entry point,
-        against its own authenticated NATS + Redis and role processes; JSON + Markdown + PNG."""
         shared = (out, concurrency, requests, model, dtype, max_new_tokens, documents)
-        _run("scout bench reliability", *shared, hostile_random=hostile_random)
+        if hostile:
+            _run(label, *shared, hostile_random=hostile_random)
+        else:
+            _run(label, *shared, faults=(), hostile=False)
 
-    @bench.command("soak")
-    def bench_soak(
-        out: Annotated[Path, typer.Option(help="output folder (the Markdown goes next to it)")] = Path(
-            "reports/reliability/soak"
-        ),
-        concurrency: ConcurrencyOpt = None,
-        requests: RequestsOpt = None,
-        model: ModelOpt = "smollm2-135m",
-        dtype: DtypeOpt = "fp32",
-        max_new_tokens: MaxNewTokensOpt = 6,
-        documents: DocumentsOpt = 16,
-    ) -> None:
-        """Only the soak: a bounded mix of modes and real prompts at each load level; lost and duplicated requests
-        counted at the clients and on the result subjects; JSON + Markdown + PNG."""
-        shared = (out, concurrency, requests, model, dtype, max_new_tokens, documents)
-        _run("scout bench soak", *shared, faults=(), hostile=False)
+    command.__doc__ = doc
+    if not hostile:
+        signature = inspect.signature(command, eval_str=True)
+        params = [p for name, p in signature.parameters.items() if name != "hostile_random"]
+        command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return command
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    del app
+    bench.command("reliability")(
+        _command(
+            "scout bench reliability",
+            "reports/reliability",
+            """Soak at each load level (sent / answered / typed errors / lost / duplicated, p50/p99), every fault
+        (link to zero, Redis and NATS restarts, kill -9 of a decoder) and hostile input on every entry point,
+        against its own authenticated NATS + Redis and role processes; JSON + Markdown + PNG.""",
+            hostile=True,
+        )
+    )
+    bench.command("soak")(
+        _command(
+            "scout bench soak",
+            "reports/reliability/soak",
+            """Only the soak: a bounded mix of modes and real prompts at each load level; lost and duplicated requests
+        counted at the clients and on the result subjects; JSON + Markdown + PNG.""",
+            hostile=False,
+        )
+    )

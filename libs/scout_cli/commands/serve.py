@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +38,18 @@ ROLES: dict[str, str] = {
 MODES = ("full", "int8", "int4", "mixed", "scout", "text", "local")
 ROUTES = ("shared", "device")
 """``scout ask --route``: which selectors may take the ask over NATS (`scout_services.client.ask_subject`)."""
+
+
+@dataclass(frozen=True)
+class Question:
+    """What ``scout ask`` asks, the same whether the services or this process (``--embedded``) answer it."""
+
+    question: str
+    document: str
+    mode: str | None
+    retention: float | None
+    deadline_ms: int
+    max_new_tokens: int
 
 
 def _quiet_bus() -> None:
@@ -127,12 +140,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             text = document.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             fail(f"cannot read {document}: {e}")
+        q = Question(question, text, mode, retention, deadline_ms, max_new_tokens)
         if embedded:
-            fields = _ask_embedded(question, text, mode, retention, deadline_ms, max_new_tokens, model, bandwidth_mbit)
+            fields = _ask_embedded(q, model, bandwidth_mbit)
         else:
-            fields = _ask_service(
-                question, text, mode, retention, deadline_ms, max_new_tokens, device_id, http, timeout_s, route
-            )
+            fields = _ask_service(q, device_id, http, timeout_s, route)
         if as_json:
             console.print_json(json.dumps(fields))
         else:
@@ -169,48 +181,17 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         console.print(f"[green]written[/green] {out}/README.md and {out}/results.json")
 
 
-def _ask_service(
-    question: str,
-    document: str,
-    mode: str | None,
-    retention: float | None,
-    deadline_ms: int,
-    max_new_tokens: int,
-    device_id: str,
-    http: str | None,
-    timeout_s: float,
-    route: str = "shared",
-) -> dict[str, Any]:
+def _ask_service(q: Question, device_id: str, http: str | None, timeout_s: float, route: str) -> dict[str, Any]:
     from scout_services.client import AskFailed, ask_fields
 
     _quiet_bus()
     try:
-        return ask_fields(
-            question=question,
-            document=document,
-            mode=mode,
-            retention=retention,
-            deadline_ms=deadline_ms,
-            max_new_tokens=max_new_tokens,
-            device_id=device_id,
-            http_url=http,
-            timeout_s=timeout_s,
-            route=route,
-        )
+        return ask_fields(**asdict(q), device_id=device_id, http_url=http, timeout_s=timeout_s, route=route)
     except AskFailed as e:
         fail(str(e))
 
 
-def _ask_embedded(
-    question: str,
-    document: str,
-    mode: str | None,
-    retention: float | None,
-    deadline_ms: int,
-    max_new_tokens: int,
-    model: str,
-    bandwidth_mbit: float,
-) -> dict[str, Any]:
+def _ask_embedded(q: Question, model: str, bandwidth_mbit: float) -> dict[str, Any]:
     from scout.models import load_model
     from scout.pipeline import answer_inprocess
 
@@ -220,13 +201,13 @@ def _ask_embedded(
         a = answer_inprocess(
             lm,
             lm,
-            question=question,
-            document=document,
-            mode=mode,
-            retention=retention,
-            deadline_s=deadline_ms / 1000.0,
+            question=q.question,
+            document=q.document,
+            mode=q.mode,
+            retention=q.retention,
+            deadline_s=q.deadline_ms / 1000.0,
             bandwidth_bps=bandwidth_mbit * 1e6,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=q.max_new_tokens,
         )
     except ValueError as e:
         fail(str(e))

@@ -348,30 +348,40 @@ def bad_position_sets(n: int, seed: int = 0, count: int = 6) -> list[tuple[str, 
     return sets
 
 
-def good_encode(fx: Fixtures, reply_to: str, **changes: Any) -> EncodeRequest:
-    fields: dict[str, Any] = {
+def _good_fields(fx: Fixtures, reply_to: str) -> dict[str, Any]:
+    """What a valid encode request and a valid decode request of the fixtures' int8 prompt both carry."""
+    return {
         "request_id": uuid.uuid4().hex,
         "reply_to": reply_to,
         "device_id": DEVICE,
         "model": fx.model,
         "model_fingerprint": fx.fingerprint,
         "mode": "int8",
-        "bit_plan": "int8",
-        "raw_blob_key": fx.raw.key,
-        "raw_blob_bytes": fx.raw.size,
-        "raw_blob_sha256": fx.raw.sha256,
-        "context_start": fx.context_start,
         "context_tokens": fx.context_tokens,
-        "prompt_tokens": fx.prompt_tokens,
         "suffix_token_ids": fx.suffix_ids,
         "question": fx.question,
         "max_new_tokens": 2,
     }
-    return EncodeRequest(**{**fields, **changes})
 
 
 def _ref_fields(prefix: str, ref: BlobRef) -> dict[str, Any]:
     return {f"{prefix}_key": ref.key, f"{prefix}_bytes": ref.size, f"{prefix}_sha256": ref.sha256}
+
+
+def _missing_fields(prefix: str, ref: BlobRef, missing_sha256: str) -> dict[str, Any]:
+    """The key and checksum of a blob that was never stored: ``ref``'s key with another content hash in it."""
+    return {f"{prefix}_key": ref.key.replace(ref.sha256, missing_sha256), f"{prefix}_sha256": missing_sha256}
+
+
+def good_encode(fx: Fixtures, reply_to: str, **changes: Any) -> EncodeRequest:
+    fields: dict[str, Any] = {
+        **_good_fields(fx, reply_to),
+        "bit_plan": "int8",
+        **_ref_fields("raw_blob", fx.raw),
+        "context_start": fx.context_start,
+        "prompt_tokens": fx.prompt_tokens,
+    }
+    return EncodeRequest(**{**fields, **changes})
 
 
 def encode_cases(fx: Fixtures, reply_to: str, seed: int = 0, random_n: int = 16) -> list[HostileCase]:
@@ -384,13 +394,7 @@ def encode_cases(fx: Fixtures, reply_to: str, seed: int = 0, random_n: int = 16)
         return HostileCase("encode", name, category, good_encode(fx, reply_to, **changes).to_bytes(), code)
 
     cases.append(
-        case(
-            "missing raw blob",
-            "blob",
-            ErrorCode.BLOB_MISSING,
-            raw_blob_key=fx.raw.key.replace(fx.raw.sha256, missing),
-            raw_blob_sha256=missing,
-        )
+        case("missing raw blob", "blob", ErrorCode.BLOB_MISSING, **_missing_fields("raw_blob", fx.raw, missing))
     )
     for label, ref in fx.broken_raw.items():
         cases.append(case(f"{label} raw blob", "blob", corrupt, **_ref_fields("raw_blob", ref)))
@@ -420,19 +424,7 @@ def encode_cases(fx: Fixtures, reply_to: str, seed: int = 0, random_n: int = 16)
 
 
 def good_decode(fx: Fixtures, reply_to: str, **changes: Any) -> DecodeRequest:
-    fields: dict[str, Any] = {
-        "request_id": uuid.uuid4().hex,
-        "reply_to": reply_to,
-        "device_id": DEVICE,
-        "model": fx.model,
-        "model_fingerprint": fx.fingerprint,
-        "mode": "int8",
-        **_ref_fields("blob", fx.uplink),
-        "context_tokens": fx.context_tokens,
-        "suffix_token_ids": fx.suffix_ids,
-        "question": fx.question,
-        "max_new_tokens": 2,
-    }
+    fields: dict[str, Any] = {**_good_fields(fx, reply_to), **_ref_fields("blob", fx.uplink)}
     return DecodeRequest(**{**fields, **changes})
 
 
@@ -460,13 +452,7 @@ def decode_cases(fx: Fixtures, reply_to: str, ask_subject: str, seed: int = 0, r
         return HostileCase("decode", name, category, req.to_bytes(), code, request_id=req.request_id)
 
     cases = [
-        case(
-            "missing blob",
-            "blob",
-            ErrorCode.BLOB_MISSING,
-            blob_key=fx.uplink.key.replace(fx.uplink.sha256, missing),
-            blob_sha256=missing,
-        ),
+        case("missing blob", "blob", ErrorCode.BLOB_MISSING, **_missing_fields("blob", fx.uplink, missing)),
         *[
             case(f"{label} blob", "blob", corrupt, **_ref_fields("blob", ref))
             for label, ref in fx.broken_uplink.items()

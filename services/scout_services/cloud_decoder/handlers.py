@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.trace import SpanKind
@@ -52,19 +53,23 @@ from scout_services.compute import Compute
 log = logging.getLogger("scout.decoder")
 
 
+@dataclass(eq=False)
 class DecoderHandlers:
     """Decodes work items with one model, one computation at a time (`Compute`)."""
 
-    def __init__(self, role: Role, bus: Bus, cloud: BlobStore, lm: Any, model_name: str, args: DecoderArgs) -> None:
-        self.role = role
-        self.bus = bus
-        self.cloud = cloud
-        self.lm = lm
-        self.model_name = model_name
-        self.args = args
-        self.compute = Compute(role)
-        self.heartbeat_s = args.heartbeat_s or max(0.05, role.settings.ack_wait_s / 3)
-        self._edge_tokenizers: dict[str, Any] = {}
+    role: Role
+    bus: Bus
+    cloud: BlobStore
+    lm: Any
+    model_name: str
+    args: DecoderArgs
+    compute: Compute = field(init=False)
+    heartbeat_s: float = field(init=False)
+    _edge_tokenizers: dict[str, Any] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.compute = Compute(self.role)
+        self.heartbeat_s = self.args.heartbeat_s or max(0.05, self.role.settings.ack_wait_s / 3)
 
     # --- the work item ---------------------------------------------------------------------------------------
     async def handle(self, item: WorkItem) -> None:

@@ -6,24 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Unpack
 
-from prometheus_client import CollectorRegistry
-
-from scout_runtime.bus import Bus, Subscription, WorkItem, WorkQueueSpec, connect_bus
+from scout_runtime.bus import Subscription, WorkItem, WorkQueueSpec
 from scout_runtime.errors import ScoutError
 from scout_runtime.settings import Settings
-from scout_runtime.store import BlobStore, open_store
-from scout_runtime.telemetry import Telemetry
+from scout_runtime.store import BlobStore
 from scout_services.cloud_decoder.args import DecoderArgs
 from scout_services.cloud_decoder.handlers import DecoderHandlers
-from scout_services.common import Role, configure_logging, run_service
+from scout_services.common import RoleService, ServiceOptions, configure_logging, run_service
 from scout_services.compute import load_role_model
 
 log = logging.getLogger("scout.decoder")
 
 
-class CloudDecoderService:
+class CloudDecoderService(RoleService):
     """The cloud-decoder role (see the package docstring)."""
 
     def __init__(
@@ -32,45 +29,29 @@ class CloudDecoderService:
         args: DecoderArgs | None = None,
         *,
         model: Any = None,
-        telemetry: Telemetry | None = None,
-        registry: CollectorRegistry | None = None,
-        set_global: bool = False,
-        health_port: int | None = None,
+        **options: Unpack[ServiceOptions],
     ) -> None:
-        self.role = Role.create(
-            "cloud_decoder", settings, telemetry=telemetry, registry=registry, set_global=set_global
-        )
+        super().__init__("cloud_decoder", settings, **options)
         self.args = args or DecoderArgs()
         self.model = model
-        self.health_port = health_port
-        self.bus: Bus | None = None
         self.cloud: BlobStore | None = None
         self.handlers: DecoderHandlers | None = None
         self.spec: WorkQueueSpec | None = None
         self._consumer: Subscription | None = None
         self._lag_task: asyncio.Task[None] | None = None
-        self._http: Any = None
-        self._port = 0
-
-    def ports(self) -> dict[str, int]:
-        return {"metrics": self._port}
 
     async def start(self) -> None:
         role, settings = self.role, self.role.settings
-        self._http, self._port = await role.serve_health(port=self.health_port)
+        await self._serve_health()
         if self.model is None:
             self.model = await asyncio.to_thread(load_role_model, self.args)
-        self.cloud = open_store(settings.cloud_store_url.get_secret_value(), settings=settings)
-        self.bus = bus = await connect_bus(settings, name=f"decoder-{settings.instance_id}")
+        self.cloud = self._open_store("cloud")
+        bus = await self._connect("decoder")
         self.spec = WorkQueueSpec.for_decode(settings)
         await bus.ensure_work_queue(self.spec)
-        role.health.checks.update({"bus": self._bus_ok, "cloud_store": self.cloud.ping})
         self.handlers = DecoderHandlers(role, bus, self.cloud, self.model, self.args.model, self.args)
         self._consumer = await bus.consume(self.spec, self._handle, concurrency=settings.max_inflight_decodes)
         self._lag_task = asyncio.create_task(self._watch_lag())
-
-    async def _bus_ok(self) -> bool:
-        return self.bus is not None and self.bus.is_connected
 
     async def _handle(self, item: WorkItem) -> None:
         assert self.handlers is not None
@@ -95,12 +76,7 @@ class CloudDecoderService:
                 await self._lag_task
         if self._consumer is not None:
             await self._consumer.stop(drain_timeout_s=max(60.0, self.role.settings.ack_wait_s))
-        if self.bus is not None:
-            await self.bus.close()
-        if self.cloud is not None:
-            await self.cloud.close()
-        if self._http is not None:
-            await self._http.cleanup()
+        await self._close(self.cloud)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ which is how the transport policy learns what the link really delivers.
 from __future__ import annotations
 
 import time
-import uuid
+from dataclasses import dataclass, field
 
 from opentelemetry.trace import SpanKind
 
@@ -16,24 +16,46 @@ from scout.pipeline import encode_uplink
 from scout.policy.estimators import goodput_bps
 from scout_runtime.bus import Bus
 from scout_runtime.errors import BlobCorrupt, ScoutError
-from scout_runtime.messages import DecodeRequest, EncodeReply, EncodeRequest, LinkState
+from scout_runtime.messages import EncodeReply, EncodeRequest, LinkState
 from scout_runtime.store import BlobStore
-from scout_runtime.telemetry import inject
-from scout_services.common import Role
+from scout_services.common import Role, enqueue_decode
 from scout_services.compute import Compute
 from scout_services.quantizer.args import QuantizerArgs
 
+FORWARDED = frozenset(
+    {
+        "request_id",
+        "reply_to",
+        "device_id",
+        "model",
+        "model_fingerprint",
+        "mode",
+        "retention",
+        "bit_plan",
+        "context_tokens",
+        "suffix_token_ids",
+        "question",
+        "task",
+        "max_new_tokens",
+    }
+)
+"""The encode request's fields the decode request carries on unchanged (the blob fields are the upload's; the
+positions and the context start are already applied to the blob)."""
 
+
+@dataclass(eq=False)
 class QuantizerHandlers:
     """Encodes per plan, uploads, enqueues; one CPU-bound encode at a time (`Compute`)."""
 
-    def __init__(self, role: Role, bus: Bus, edge: BlobStore, cloud: BlobStore, args: QuantizerArgs) -> None:
-        self.role = role
-        self.bus = bus
-        self.edge = edge
-        self.cloud = cloud
-        self.args = args
-        self.compute = Compute(role, spans=False)  # the encode span is made here, around the call
+    role: Role
+    bus: Bus
+    edge: BlobStore
+    cloud: BlobStore
+    args: QuantizerArgs
+    compute: Compute = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.compute = Compute(self.role, spans=False)  # the encode span is made here, around the call
 
     async def encode(self, req: EncodeRequest) -> EncodeReply:
         role, rid = self.role, req.request_id
@@ -86,30 +108,13 @@ class QuantizerHandlers:
 
         t2 = time.perf_counter()
         with role.span("enqueue decode", kind=SpanKind.PRODUCER, **attrs, nbytes=ref.size):
-            headers = inject()
-            decode = DecodeRequest(
-                request_id=rid,
-                reply_to=req.reply_to,
-                device_id=req.device_id,
-                model=req.model,
-                model_fingerprint=req.model_fingerprint,
-                mode=req.mode,
-                retention=req.retention,
-                bit_plan=req.bit_plan,
+            result = await enqueue_decode(
+                role,
+                self.bus,
+                **req.model_dump(include=FORWARDED),
                 blob_key=ref.key,
                 blob_bytes=ref.size,
                 blob_sha256=ref.sha256,
-                context_tokens=req.context_tokens,
-                suffix_token_ids=req.suffix_token_ids,
-                question=req.question,
-                task=req.task,
-                max_new_tokens=req.max_new_tokens,
-                trace_context={k: v for k, v in headers.items() if k in ("traceparent", "tracestate")},
-            )
-            # The message id deduplicates retries of this one publish; it is unique per enqueue so that a request
-            # id reused later is decoded again (the decoder's result cache answers a reused id, see cloud_decoder).
-            result = await self.bus.enqueue(
-                role.subjects.decode, decode.to_bytes(), headers=headers, msg_id=f"{rid}.{uuid.uuid4().hex[:12]}"
             )
         timings["enqueue"] = time.perf_counter() - t2
         role.metrics.observe_timings(timings)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.trace import SpanKind
@@ -33,8 +33,7 @@ from scout_runtime.messages import (
 )
 from scout_runtime.rpc import call
 from scout_runtime.store import BlobStore
-from scout_runtime.telemetry import inject
-from scout_services.common import Role
+from scout_services.common import Role, enqueue_decode
 from scout_services.compute import Compute
 from scout_services.selector.args import SelectorArgs
 
@@ -81,29 +80,23 @@ class ResultWaiter:
             fut.set_result(result)
 
 
+@dataclass(eq=False)
 class SelectorHandlers:
     """The ask flow (see the module docstring)."""
 
-    def __init__(
-        self,
-        role: Role,
-        bus: Bus,
-        edge: BlobStore,
-        cloud: BlobStore,
-        lm: Any,
-        args: SelectorArgs,
-        waiter: ResultWaiter,
-        reply_subject: str,
-    ) -> None:
-        self.role = role
-        self.bus = bus
-        self.edge = edge
-        self.cloud = cloud
-        self.lm = lm
-        self.args = args
-        self.waiter = waiter
-        self.reply_subject = reply_subject
-        self.compute = Compute(role)
+    role: Role
+    bus: Bus
+    edge: BlobStore
+    cloud: BlobStore
+    lm: Any
+    args: SelectorArgs
+    waiter: ResultWaiter
+    reply_subject: str
+    """This instance's result subject: the decoder replies there, `waiter` hands each result to its ask."""
+    compute: Compute = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.compute = Compute(self.role)
 
     def check_device(self, req: AskRequest) -> None:
         """A selector bound to a device (``SCOUT_SELECTOR_DEVICE_ID``) serves that device's asks only: another
@@ -199,6 +192,22 @@ class SelectorHandlers:
             deliveries=result.deliveries if result is not None else 1,
         )
 
+    def _hand_off_fields(self, req: AskRequest, edge: Any, plan: Plan) -> dict[str, Any]:
+        """What the encode request (KV modes) and the decode request (scout, text) both carry from the ask."""
+        return {
+            "request_id": req.request_id,
+            "reply_to": self.reply_subject,
+            "device_id": req.device_id,
+            "model": self.args.model,
+            "model_fingerprint": self.lm.spec.fingerprint,
+            "mode": plan.mode,
+            "bit_plan": plan.bit_plan,
+            "context_tokens": edge.context_tokens,
+            "question": req.question,
+            "task": req.task,
+            "max_new_tokens": req.max_new_tokens,
+        }
+
     async def _hand_off_kv(self, req: AskRequest, edge: Any, plan: Plan, timings: dict[str, float]) -> int:
         """Stage the raw KV on the edge, have the quantizer encode, upload and enqueue it."""
         role, rid, spec = self.role, req.request_id, self.lm.spec
@@ -211,25 +220,15 @@ class SelectorHandlers:
         timings["stage"] = time.perf_counter() - t0
         positions = edge.position_set(plan.retention) if plan.retention < 1.0 else None
         encode = EncodeRequest(
-            request_id=rid,
-            reply_to=self.reply_subject,
-            device_id=req.device_id,
-            model=self.args.model,
-            model_fingerprint=spec.fingerprint,
-            mode=plan.mode,
+            **self._hand_off_fields(req, edge, plan),
             retention=plan.retention,
-            bit_plan=plan.bit_plan,
             raw_blob_key=ref.key,
             raw_blob_bytes=ref.size,
             raw_blob_sha256=ref.sha256,
             positions=None if positions is None else DecodeRequest.encode_positions(positions),
             context_start=edge.context_start,
-            context_tokens=edge.context_tokens,
             prompt_tokens=edge.prompt_tokens,
             suffix_token_ids=edge.suffix_ids(),
-            question=req.question,
-            task=req.task,
-            max_new_tokens=req.max_new_tokens,
         )
         with role.span("encode request", kind=SpanKind.CLIENT, request_id=rid, mode=plan.mode):
             reply = await call(
@@ -251,7 +250,7 @@ class SelectorHandlers:
         self, req: AskRequest, edge: Any, plan: Plan, document: str, timings: dict[str, float]
     ) -> int:
         """Make sure the cloud holds the document; enqueue the decode with the position set (scout) or none."""
-        role, rid, spec = self.role, req.request_id, self.lm.spec
+        role, rid = self.role, req.request_id
         t0 = time.perf_counter()
         with role.span("upload document", request_id=rid):
             document_ref = await self.cloud.put_document(document)
@@ -259,26 +258,13 @@ class SelectorHandlers:
         positions = edge.position_set(plan.retention) if plan.mode == "scout" else None
         t1 = time.perf_counter()
         with role.span("enqueue decode", kind=SpanKind.PRODUCER, request_id=rid, mode=plan.mode):
-            headers = inject()
-            decode = DecodeRequest(
-                request_id=rid,
-                reply_to=self.reply_subject,
-                device_id=req.device_id,
-                model=self.args.model,
-                model_fingerprint=spec.fingerprint,
-                mode=plan.mode,
+            await enqueue_decode(
+                role,
+                self.bus,
+                **self._hand_off_fields(req, edge, plan),
                 retention=plan.retention if plan.mode == "scout" else 1.0,
-                bit_plan=plan.bit_plan,
                 positions=None if positions is None else DecodeRequest.encode_positions(positions),
-                context_tokens=edge.context_tokens,
                 document_ref=document_ref,
-                question=req.question,
-                task=req.task,
-                max_new_tokens=req.max_new_tokens,
-                trace_context={k: v for k, v in headers.items() if k in ("traceparent", "tracestate")},
-            )
-            await self.bus.enqueue(
-                role.subjects.decode, decode.to_bytes(), headers=headers, msg_id=f"{rid}.{uuid.uuid4().hex[:12]}"
             )
         timings["enqueue"] = time.perf_counter() - t1
         return uplink_payload_bytes(plan.mode, positions=positions, question=req.question)

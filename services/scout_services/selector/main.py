@@ -19,21 +19,18 @@ import asyncio
 import contextlib
 import logging
 import re
-from typing import Any
+from typing import Any, Unpack
 
 from aiohttp import web
 from opentelemetry.trace import SpanKind
-from prometheus_client import CollectorRegistry
 
-from scout_runtime.bus import Bus, Msg, Subscription, WorkQueueSpec, connect_bus
+from scout_runtime.bus import Msg, Subscription, WorkQueueSpec
 from scout_runtime.errors import ErrorCode, ScoutError, TooLarge
 from scout_runtime.limits import InflightLimiter
 from scout_runtime.messages import AskReply, AskRequest, ErrorReply, parse
-from scout_runtime.rpc import serve
 from scout_runtime.settings import Settings
-from scout_runtime.store import BlobStore, open_store
-from scout_runtime.telemetry import Telemetry
-from scout_services.common import Role, configure_logging, run_service
+from scout_runtime.store import BlobStore
+from scout_services.common import RoleService, ServiceOptions, configure_logging, run_service
 from scout_services.compute import load_role_model
 from scout_services.selector.args import SelectorArgs
 from scout_services.selector.handlers import ResultWaiter, SelectorHandlers
@@ -54,7 +51,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 }
 
 
-class SelectorService:
+class SelectorService(RoleService):
     """The selector role (see the module docstring)."""
 
     def __init__(
@@ -63,18 +60,13 @@ class SelectorService:
         args: SelectorArgs | None = None,
         *,
         model: Any = None,
-        telemetry: Telemetry | None = None,
-        registry: CollectorRegistry | None = None,
-        set_global: bool = False,
-        health_port: int | None = None,
         http_port: int | None = None,
+        **options: Unpack[ServiceOptions],
     ) -> None:
-        self.role = Role.create("selector", settings, telemetry=telemetry, registry=registry, set_global=set_global)
+        super().__init__("selector", settings, **options)
         self.args = args or SelectorArgs()
         self.model = model
-        self.health_port = health_port
         self.http_port = http_port
-        self.bus: Bus | None = None
         self.edge: BlobStore | None = None
         self.cloud: BlobStore | None = None
         self.handlers: SelectorHandlers | None = None
@@ -82,39 +74,36 @@ class SelectorService:
         self.inflight = InflightLimiter(self.role.settings.max_inflight_per_device)
         self._ask_sub: Subscription | None = None
         self._result_sub: Subscription | None = None
-        self._health: Any = None
         self._api: Any = None
-        self._ports: dict[str, int] = {}
+        self._api_port = 0
 
     def ports(self) -> dict[str, int]:
-        return dict(self._ports)
+        ports = super().ports()
+        if self._api is not None:
+            ports["http"] = self._api_port
+        return ports
 
     async def start(self) -> None:
         role, settings = self.role, self.role.settings
-        self._health, self._ports["metrics"] = await role.serve_health(port=self.health_port)
+        await self._serve_health()
         if self.model is None:
             self.model = await asyncio.to_thread(load_role_model, self.args)
-        self.edge = open_store(settings.edge_store_url.get_secret_value(), settings=settings)
-        self.cloud = open_store(settings.cloud_store_url.get_secret_value(), settings=settings)
-        self.bus = bus = await connect_bus(settings, name=f"selector-{settings.instance_id}")
+        self.edge = self._open_store("edge")
+        self.cloud = self._open_store("cloud")
+        bus = await self._connect("selector")
         await bus.ensure_work_queue(WorkQueueSpec.for_decode(settings))
-        role.health.checks.update({"bus": self._bus_ok, "edge_store": self.edge.ping, "cloud_store": self.cloud.ping})
         token = re.sub(r"[^A-Za-z0-9_-]", "-", f"sel-{settings.instance_id}")[:64]
         reply_subject = role.subjects.result(token)
         self._result_sub = await bus.subscribe(reply_subject, self.waiter.on_message, concurrency=64)
         self.handlers = SelectorHandlers(
             role, bus, self.edge, self.cloud, self.model, self.args, self.waiter, reply_subject
         )
-        self._ask_sub = await serve(
-            bus,
+        self._ask_sub = await self._serve(
             self.ask_subject,
             AskRequest,
             self._ask_nats,
             queue=QUEUE_GROUP,
             concurrency=self.args.concurrency,
-            limits=role.limits,
-            tracer=role.telemetry.tracer,
-            metrics=role.metrics,
             inflight=self.inflight,
             op="ask",
         )
@@ -125,7 +114,7 @@ class SelectorService:
         site = web.TCPSite(runner, settings.http_host, settings.http_port if self.http_port is None else self.http_port)
         await site.start()
         self._api = runner
-        self._ports["http"] = int(runner.addresses[0][1])
+        self._api_port = int(runner.addresses[0][1])
         bound = self.args.device_id
         log.info("serving asks on %s (%s)", self.ask_subject, "any device" if bound is None else f"{bound} only")
         role.mark_started()
@@ -135,9 +124,6 @@ class SelectorService:
         """Where this selector takes asks: its device's subject when bound to one, else the shared one."""
         subjects = self.role.subjects
         return subjects.ask if self.args.device_id is None else subjects.ask_device(self.args.device_id)
-
-    async def _bus_ok(self) -> bool:
-        return self.bus is not None and self.bus.is_connected
 
     async def _ask_nats(self, req: AskRequest, msg: Msg) -> AskReply:
         assert self.handlers is not None
@@ -181,13 +167,7 @@ class SelectorService:
         if self._result_sub is not None:
             with contextlib.suppress(ScoutError):
                 await self._result_sub.stop(drain_timeout_s=5)
-        if self.bus is not None:
-            await self.bus.close()
-        for store in (self.edge, self.cloud):
-            if store is not None:
-                await store.close()
-        if self._health is not None:
-            await self._health.cleanup()
+        await self._close(self.edge, self.cloud)
 
 
 def main() -> None:

@@ -76,19 +76,10 @@ class ShaperService:
         """Called when the replay cannot go on (tc failed): by default SIGTERM to this process, so `run_service`
         stops it the graceful way (qdiscs removed) and `run` exits non-zero."""
         self.failed: str | None = None
-        reg = self.role.metrics.registry
-        self.rate_gauge = Gauge(
-            "scout_shaper_rate_bps",
-            "Rate the shaper has configured on the link, bit/s (0 before the first is applied)",
-            ["device_id", "iface"],
-            registry=reg,
-        ).labels(args.device_id, args.iface)
-        self.delay_gauge = Gauge(
-            "scout_shaper_delay_seconds",
-            "One-way delay the relay adds to the uplink",
-            ["device_id", "iface"],
-            registry=reg,
-        ).labels(args.device_id, args.iface)
+        self.rate_gauge = self._link_gauge(
+            "scout_shaper_rate_bps", "Rate the shaper has configured on the link, bit/s (0 before the first is applied)"
+        )
+        self.delay_gauge = self._link_gauge("scout_shaper_delay_seconds", "One-way delay the relay adds to the uplink")
         self.shaper: LinkShaper | None = None
         self.relay: DelayRelay | None = None
         self.bus: Bus | None = None
@@ -96,6 +87,11 @@ class ShaperService:
         self._tasks: list[asyncio.Task[None]] = []
         self._http: Any = None
         self._port = 0
+
+    def _link_gauge(self, name: str, description: str) -> Gauge:
+        """A gauge of this shaper's link (labelled with its device and interface) in the role's registry."""
+        gauge = Gauge(name, description, ["device_id", "iface"], registry=self.role.metrics.registry)
+        return gauge.labels(self.args.device_id, self.args.iface)
 
     def ports(self) -> dict[str, int]:
         ports = {"metrics": self._port}

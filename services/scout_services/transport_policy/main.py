@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
-
-from prometheus_client import CollectorRegistry
+from typing import Unpack
 
 from scout.policy.estimators import LinkBook
-from scout_runtime.bus import Bus, Msg, Subscription, connect_bus
+from scout_runtime.bus import Msg, Subscription
 from scout_runtime.errors import ScoutError
 from scout_runtime.messages import LinkState, Plan, PlanRequest, parse
-from scout_runtime.rpc import serve
 from scout_runtime.settings import Settings
-from scout_runtime.telemetry import Telemetry
-from scout_services.common import Role, configure_logging, run_service
+from scout_services.common import RoleService, ServiceOptions, configure_logging, run_service
 from scout_services.transport_policy.args import PolicyArgs
 from scout_services.transport_policy.handlers import PolicyHandlers, load_policy
 
@@ -24,60 +20,36 @@ log = logging.getLogger("scout.policy")
 QUEUE_GROUP = "scout-policy"
 
 
-class TransportPolicyService:
+class TransportPolicyService(RoleService):
     """The transport-policy role (see the package docstring)."""
 
     def __init__(
-        self,
-        settings: Settings | None = None,
-        args: PolicyArgs | None = None,
-        *,
-        telemetry: Telemetry | None = None,
-        registry: CollectorRegistry | None = None,
-        set_global: bool = False,
-        health_port: int | None = None,
+        self, settings: Settings | None = None, args: PolicyArgs | None = None, **options: Unpack[ServiceOptions]
     ) -> None:
-        self.role = Role.create(
-            "transport_policy", settings, telemetry=telemetry, registry=registry, set_global=set_global
-        )
+        super().__init__("transport_policy", settings, **options)
         self.args = args or PolicyArgs()
-        self.health_port = health_port
-        self.bus: Bus | None = None
         self.handlers: PolicyHandlers | None = None
         self._subs: list[Subscription] = []
-        self._http: Any = None
-        self._port = 0
-
-    def ports(self) -> dict[str, int]:
-        return {"metrics": self._port}
 
     async def start(self) -> None:
         role = self.role
-        self._http, self._port = await role.serve_health(port=self.health_port)
+        await self._serve_health()
         policy = await asyncio.to_thread(load_policy, self.args)
         self.handlers = PolicyHandlers(
             policy, LinkBook(self.args.estimator, self.args.prior_bps, self.args.max_devices)
         )
-        self.bus = bus = await connect_bus(role.settings, name=f"policy-{role.settings.instance_id}")
-        role.health.checks["bus"] = self._bus_ok
+        bus = await self._connect("policy")
         self._subs.append(await bus.subscribe(role.subjects.link_all, self._on_link))
         self._subs.append(
-            await serve(
-                bus,
+            await self._serve(
                 role.subjects.plan,
                 PlanRequest,
                 self._plan,
                 queue=QUEUE_GROUP,
                 concurrency=self.args.concurrency,
-                limits=role.limits,
-                tracer=role.telemetry.tracer,
-                metrics=role.metrics,
                 op="plan",
             )
         )
-
-    async def _bus_ok(self) -> bool:
-        return self.bus is not None and self.bus.is_connected
 
     async def _on_link(self, msg: Msg) -> None:
         try:
@@ -112,10 +84,7 @@ class TransportPolicyService:
         self.role.health.draining = True
         for sub in self._subs:
             await sub.stop(drain_timeout_s=10)
-        if self.bus is not None:
-            await self.bus.close()
-        if self._http is not None:
-            await self._http.cleanup()
+        await self._close()
 
 
 def main() -> None:
