@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from scout.machine import machine_info
-from scout_cli.benchmarks.common import PeakRSS, ResultLog, markdown_table, release_free_memory, timed
+from scout_cli.benchmarks.common import PeakRSS, ResultLog, release_free_memory, timed
+from scout_eval.markdown import markdown_table
 
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("q2c (hook)", "q2c", {}),

@@ -33,7 +33,7 @@ import numpy as np
 
 from scout.channel.shaping import expected_goodput_fraction
 from scout.channel.traces import load_trace
-from scout_cli.benchmarks.common import markdown_table
+from scout_eval.markdown import markdown_table
 from scout_services.shaper.handlers import kernel_hz
 from scout_testbed.netlab import (
     CLOUD_IP,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from scout_testbed.markdown import markdown_table
+from scout_eval.markdown import markdown_table
 
 __all__ = ["OVERHEAD_STAGES", "render_markdown"]
 

@@ -28,9 +28,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from scout.machine import machine_info
+from scout_eval.markdown import markdown_table
 from scout_testbed.faults import FAULTS, FaultOutcome, run_fault
 from scout_testbed.hostile import ENTRY_POINTS, HostileReport, Target, run_hostile
-from scout_testbed.markdown import markdown_table
 from scout_testbed.soak import DEFAULT_MIX, SoakConfig, SoakDocument, SoakResult, load_documents, run_soak
 from scout_testbed.testbed import ROLE_DEFAULTS, Deployment, deployment
 

@@ -1,7 +1,8 @@
-"""The one Markdown table writer of the harness's reports (`scout_testbed.bench_report`, `scout_testbed.reliability`).
+"""The one Markdown table writer for reports: evaluation, benchmarks (`scout_cli.benchmarks`) and the harness's
+reliability and pipeline reports (`scout_testbed`).
 
-Why its own module: the harness cannot import the CLI's benchmark helpers (it sits below the CLI), and its two
-reports must not each grow a copy.
+Why here: `scout_eval` is the lowest floor that writes reports, and both the harness and the console sit above it,
+so one writer serves all three instead of a copy per floor. It imports nothing heavy.
 """
 
 from __future__ import annotations
