@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scout.machine import machine_info
 from scout.policy.planner import ModeStages, StageCost, StageTimes
-from scout_cli.benchmarks.common import markdown_table
+from scout_eval.markdown import markdown_table
 
 __all__ = [
     "DEFAULT_CODECS",
