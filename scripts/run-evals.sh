@@ -11,6 +11,8 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 SCOUT="${SCOUT:-.venv/bin/scout}"
 E=qwen2.5-coder-0.5b
 C=qwen2.5-coder-1.5b
+# Plan files keep the legacy spelling `mixed:<plan.json>` (canonically `mixed@<plan.json>`; both parse to the same
+# codec): a resumed run refuses settings that differ from its run.json, and the committed runs were started so.
 CODECS_E="bf16,int8,int4,int2,int4-study,int4-study:keep=0,mixed:reports/plans/$E-int4-study.json,delta-int4,delta-int8"
 CODECS_C="bf16,int8,int4,int2,int4-study,int4-study:keep=0,mixed:reports/plans/$C-int4-study.json,delta-int4,delta-int8"
 # HotpotQA's distractor contexts (ten paragraphs) have a median of 5,637 characters and only 1.5 % fit the

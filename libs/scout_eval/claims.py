@@ -33,6 +33,7 @@ from scout.stats import (
     relative_ci,
     wilcoxon_test,
 )
+from scout_eval.codec_modes import plan_file_of
 from scout_eval.run_folder import RUN_FILE, iter_runs, read_samples
 
 ALPHA = 0.05
@@ -181,7 +182,7 @@ def build_claims(root: Path, plans_dir: Path | None = None) -> list[Claim]:
         for c in ("int4", "int4-study"):
             int4.evidence += _near_lossless(run, rows, metric, c, ref, 95.0)
         conds = set(rows[0]["conditions"]) if rows else set()
-        plan_conds = sorted(c for c in conds if c.startswith("mixed:"))
+        plan_conds = sorted(c for c in conds if plan_file_of(c) is not None)  # either spelling
         mixed.evidence += _beats(
             run, rows, metric, [(c, "int4-study") for c in ["int4-study:keep=0", *plan_conds] if c in conds]
         )

@@ -1,87 +1,131 @@
 """Codec conditions of the eval runs as planner modes, and what each one costs on the wire.
 
-The experiments name KV codecs in a small grammar (`scout_eval.experiments.codecs`: ``bf16``,
-``int<b>[-token|-study][:keep=L,…]``, ``mixed:<plan.json>``); the planner names modes (``full``, ``int8``,
-``mixed`` …) and needs a size model per mode. This module is the translation, used by the operating-point tables
-(`scout_eval.op_tables`) and by the stage benchmarks; sizes come from the codec's own size models plus the blob
-header measured through the real wire format, so a table's bytes are the bytes the pipeline sends.
+The experiments name KV codecs by `scout.codec.registry` spec strings (``bf16``, ``int<b>[-token|-study][:keep=L,…]``,
+``mixed[-token|-study]:L=B,…``, ``mixed@<plan.json>`` or the committed reports' ``mixed:<plan.json>`` …), parsed
+there and nowhere else (`get_codec`); the planner names modes (``full``, ``int8``, ``mixed`` …) and needs a size
+model per mode. This module is the translation, used by the operating-point tables (`scout_eval.op_tables`) and by
+the stage benchmarks; sizes come from the codec's own size models plus the blob header measured through the real
+wire format, so a table's bytes are the bytes the pipeline sends.
+
+The registry (and with it torch) is imported on first use: the table and report modules that import this one stay
+light to import.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scout.policy.operating_points import KVGeometry, SizeModel, kv_size_model
+
+if TYPE_CHECKING:
+    from scout.codec.base import Codec
+    from scout.codec.mixed import MixedCodec, PlanFileCodec
+    from scout.codec.quant import BitPlan, QuantSpec
+    from scout.codec.raw import Bf16Codec
+    from scout.codec.uniform import QuantCodec
+
+    TransportCodec = Bf16Codec | QuantCodec | MixedCodec | PlanFileCodec
 
 HEADER_PROBE_TOKENS = 1024
 """Context length at which the blob header is measured (its JSON grows by a few digits with the length)."""
 
-_CODEC = re.compile(r"^(?P<delta>delta-)?int(?P<bits>[248])(?P<axes>-token|-study)?(?::keep=(?P<keep>[0-9,]+))?$")
-
 
 @dataclass(frozen=True)
 class CodecMode:
-    """A codec condition as a planner mode: its mode name, bit-plan name and what sizes it."""
+    """A codec condition as a planner mode: the condition as the run named it, its mode name, the bit-plan name the
+    table carries, and the codec the registry parsed it to (what sizes it)."""
 
     codec: str
     mode: str
     plan_name: str
-    bits: int
-    overrides: dict[int, int] = field(default_factory=dict)
-    axes: str = ""  # "", "-token" or "-study"
-    plan_file: str = ""
+    parsed: TransportCodec
 
-    def quant_spec(self, head_dim: int) -> Any:
-        """The codec's `QuantSpec` (the experiments' grammar: KIVI by default, per-token keys, or the study's)."""
-        from scout.codec.mixed import study_spec
-        from scout.codec.quant import QuantSpec
+    @property
+    def axes(self) -> str:
+        """The spec suffix of the quantizer axes: ``""`` (KIVI, and a plan file, whose quantizer is in the file),
+        ``-token`` or ``-study``."""
+        from scout.codec.base import AXES
+        from scout.codec.mixed import PlanFileCodec
 
-        if self.plan_file:
-            from scout.codec.mixed import MixedPlan
+        return "" if isinstance(self.parsed, PlanFileCodec) else AXES[self.parsed.axes]
 
-            return MixedPlan.load(self.plan_file, expected_fingerprint=None).spec
-        if self.axes == "-study":
-            return study_spec(self.bits, head_dim)
-        return QuantSpec(self.bits, axis_k="token" if self.axes == "-token" else "channel")
+    @property
+    def plan_file(self) -> str:
+        """The calibrated plan file of a plan-file mode, else ``""``."""
+        from scout.codec.mixed import PlanFileCodec
 
-    def bit_plan(self) -> Any:
-        from scout.codec.quant import BitPlan
+        return self.parsed.path if isinstance(self.parsed, PlanFileCodec) else ""
 
-        if self.plan_file:
-            from scout.codec.mixed import MixedPlan
+    @property
+    def overrides(self) -> dict[int, int]:
+        """Layers away from the plan's default width, with their bits (a plan file's are read from the file)."""
+        return dict(self.bit_plan().overrides)
 
-            return MixedPlan.load(self.plan_file, expected_fingerprint=None).plan
-        return BitPlan(self.bits, dict(self.overrides))
+    def quant_spec(self, head_dim: int) -> QuantSpec:
+        """The codec's quantizer: a plan file's own, else the spec's axes at the codec's width."""
+        from scout.codec.base import quant_spec
+        from scout.codec.mixed import PlanFileCodec
+        from scout.codec.raw import Bf16Codec
+
+        c = self.parsed
+        if isinstance(c, PlanFileCodec):
+            return c.mixed_plan.spec
+        if isinstance(c, Bf16Codec):
+            return quant_spec(16, c.axes, head_dim)
+        return c.quant_spec(head_dim)
+
+    def bit_plan(self) -> BitPlan:
+        return self.parsed.bit_plan
+
+
+def _parsed(codec: str) -> Codec | None:
+    """The registry's codec for a condition name, or None for a name that is no codec (``full``, ``q2c@0.5`` …)."""
+    from scout.codec.registry import CodecSpecError, get_codec
+
+    try:
+        return get_codec(codec)
+    except CodecSpecError:
+        return None
+
+
+def plan_file_of(codec: str) -> str | None:
+    """The plan file a codec condition names (``mixed@<plan.json>``, or the committed reports' ``mixed:<plan.json>``),
+    or None for any other condition."""
+    from scout.codec.mixed import PlanFileCodec
+
+    c = _parsed(codec)
+    return c.path if isinstance(c, PlanFileCodec) else None
 
 
 def parse_codec(codec: str) -> CodecMode | None:
-    """The planner mode of a codec condition, or None for one that is not a transport mode (``delta-…``).
+    """The planner mode of a codec condition, or None for one that is not a transport mode (``delta-…``, ``…+zstd``,
+    or no codec at all).
 
     ``bf16`` -> ``full``; ``int8``/``int4``/``int2`` keep their names; ``int4:keep=0`` (KIVI INT4 with layer 0 at
-    16 bits) -> ``mixed`` with plan ``mixed:0=16`` (the pipeline's name for it); the study's quantizer and
-    per-token keys keep a suffix (``int4-study``, ``mixed-study``, ``int4-token`` …) because they are other codecs
-    with other sizes. `codec_modes` resolves clashes between several codecs that would share a mode name.
+    16 bits) and the layer map ``mixed:0=16`` -> ``mixed`` with plan ``mixed:0=16`` (the pipeline's name for it);
+    the study's quantizer and per-token keys keep a suffix (``int4-study``, ``mixed-study``, ``int4-token`` …)
+    because they are other codecs with other sizes; a plan file ``mixed@<dir>/<name>.json`` (either spelling) ->
+    ``mixed-<name>``, its plan name the condition as written. `codec_modes` resolves clashes between several codecs
+    that would share a mode name.
     """
-    if codec == "bf16":
-        return CodecMode(codec, "full", "bf16", 16)
-    if codec.startswith("mixed:"):
-        path = codec.split(":", 1)[1]
-        return CodecMode(codec, f"mixed-{Path(path).stem}", codec, 4, plan_file=path)
-    m = _CODEC.match(codec)
-    if not m or m["delta"]:
-        return None
-    bits, axes = int(m["bits"]), m["axes"] or ""
-    keep = {int(x): 16 for x in m["keep"].split(",") if x} if m["keep"] else {}
-    if not keep:
-        return CodecMode(codec, f"int{bits}{axes}", f"int{bits}{axes}", bits, axes=axes)
-    overrides = ",".join(f"{k}={v}" for k, v in sorted(keep.items()))
-    if bits == 4:
-        return CodecMode(codec, f"mixed{axes}", f"mixed{axes}:{overrides}", bits, keep, axes)
-    return CodecMode(codec, codec, codec, bits, keep, axes)
+    from scout.codec.base import AXES
+    from scout.codec.mixed import MixedCodec, PlanFileCodec
+    from scout.codec.raw import Bf16Codec
+    from scout.codec.uniform import QuantCodec
+
+    c = _parsed(codec)
+    if isinstance(c, Bf16Codec):
+        return CodecMode(codec, "full", c.spec, c)
+    if isinstance(c, PlanFileCodec):
+        return CodecMode(codec, f"mixed-{Path(c.path).stem}", codec, c)
+    if isinstance(c, QuantCodec) and (not c.keep or c.bits != MixedCodec.default_bits):
+        return CodecMode(codec, codec, codec, c)
+    if isinstance(c, QuantCodec | MixedCodec):  # a 4-bit plan with layers kept: the layer map names it
+        return CodecMode(codec, f"mixed{AXES[c.axes]}", MixedCodec.of(c.bit_plan, c.axes).spec, c)
+    return None
 
 
 def codec_modes(codecs: Iterable[str]) -> dict[str, CodecMode]:
@@ -91,14 +135,7 @@ def codec_modes(codecs: Iterable[str]) -> dict[str, CodecMode]:
     counts: dict[str, int] = {}
     for cm in parsed.values():
         counts[cm.mode] = counts.get(cm.mode, 0) + 1
-    return {
-        c: (
-            cm
-            if counts[cm.mode] == 1
-            else CodecMode(cm.codec, cm.codec, cm.plan_name, cm.bits, cm.overrides, cm.axes, cm.plan_file)
-        )
-        for c, cm in parsed.items()
-    }
+    return {c: cm if counts[cm.mode] == 1 else replace(cm, mode=cm.codec) for c, cm in parsed.items()}
 
 
 def _synthetic_cache(geometry: KVGeometry, seq: int) -> Any:

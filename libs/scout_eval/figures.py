@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 _RETENTION = re.compile(r"^(?P<name>.+)@(?P<r>[0-9.]+)$")
+_PLAN_DIR = re.compile(r"^mixed([:@])reports/plans/")
+"""A committed plan file's folder, left out of point labels (either spelling of a plan-file codec)."""
 
 
 def _plt() -> Any:
@@ -65,7 +67,7 @@ def plot_pareto(summary: dict[str, Any], path: Path) -> bool:
             color="C0" if on else "C7",
             capsize=3,
         )
-        ax.annotate(name.replace("mixed:reports/plans/", "mixed:"), (b, q["mean"]), fontsize=6, xytext=(3, 3),
+        ax.annotate(_PLAN_DIR.sub(r"mixed\1", name), (b, q["mean"]), fontsize=6, xytext=(3, 3),
                     textcoords="offset points")  # fmt: skip
     line = sorted((b, q["mean"]) for name, b, q in points if name in best)
     ax.plot([x for x, _ in line], [y for _, y in line], color="C0", alpha=0.5)

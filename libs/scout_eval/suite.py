@@ -453,6 +453,34 @@ def _answered(v: dict[str, Any]) -> str:
     return "no, within the point's CI" if v.get("answered_within_noise") else "NO"
 
 
+def _row(*cells: object) -> str:
+    """One Markdown table row."""
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def _section(title: str, *columns: str) -> list[str]:
+    """A titled Markdown table's head: the title, the header row and a separator with one cell per column (so the
+    two rows cannot disagree on how many columns there are)."""
+    return ["", title, "", _row(*columns), "|" + "---|" * len(columns)]
+
+
+def _policy_cells(row: dict[str, Any]) -> list[str]:
+    """One policy on one trace, the "Per trace" table's cells after the trace."""
+    ci_met, ci_quality = _ci(row["met_pct"], row["met_ci_pct"]), _ci(row["mean_quality"], row["mean_quality_ci"], 3)
+    gap = f"{row['gap_met_pp']:+.1f} / {row['gap_quality']:+.3f}"
+    mix = _mix(row["mode_counts"])
+    return [row["policy"], ci_met, ci_quality, f"{row['answered_quality']:.3f}", f"{row['mean_bytes']:,.0f}", mix, gap]
+
+
+def _verdict_cells(v: dict[str, Any]) -> list[str]:
+    """One adaptive-vs-static comparison on one trace, the verdict table's cells after the trace."""
+    met, quality = _ci(v["met_diff_pp"], v["met_diff_ci_pp"]), _ci(v["quality_diff"], v["quality_diff_ci"], 3)
+    answered = f"{v['answered_quality_diff']:+.3f} (± {v['quality_noise']:.3f})"
+    yes = {True: "yes", False: "NO"}
+    at_least = [yes[v["meets_at_least_as_many"]], _answered(v), yes[v["at_least_mean_quality"]]]
+    return [v["adaptive"], v["static"], met, quality, answered, *at_least]
+
+
 def render_summary(summary: dict[str, Any]) -> str:
     """The suite's tables in Markdown: per trace and policy, the verdicts, and the cell."""
     cfg = summary["config"]
@@ -477,48 +505,26 @@ def render_summary(summary: dict[str, Any]) -> str:
         )
     if summary["planning_table_notes"]:
         lines += ["", "Left out: " + "; ".join(summary["planning_table_notes"]) + "."]
-    lines += [
-        "",
+    lines += _section(
         "### Per trace",
-        "",
-        "| trace | policy | met % [95 % CI] | mean quality [95 % CI] | answered quality | mean bytes | points chosen "
-        "| gap to oracle (met pp / quality) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for trace, data in summary["traces"].items():
-        for row in data["summaries"]:
-            lines.append(
-                f"| {trace} | {row['policy']} | {_ci(row['met_pct'], row['met_ci_pct'])} "
-                f"| {_ci(row['mean_quality'], row['mean_quality_ci'], 3)} | {row['answered_quality']:.3f} "
-                f"| {row['mean_bytes']:,.0f} | {_mix(row['mode_counts'])} "
-                f"| {row['gap_met_pp']:+.1f} / {row['gap_quality']:+.3f} |"
-            )
+        "trace", "policy", "met % [95 % CI]", "mean quality [95 % CI]", "answered quality", "mean bytes",
+        "points chosen", "gap to oracle (met pp / quality)",
+    )  # fmt: skip
     lines += [
-        "",
-        "### Adaptive vs static INT8 / INT4 (same requests; paired bootstrap 95 % CIs)",
-        "",
-        "| trace | adaptive | vs | Δ met pp [CI] | Δ mean quality [CI] | Δ answered quality (± point CI) "
-        "| ≥ deadlines | ≥ answered quality | ≥ mean quality |",
-        "|---|---|---|---|---|---|---|---|---|",
+        _row(trace, *_policy_cells(row)) for trace, data in summary["traces"].items() for row in data["summaries"]
     ]
-    for trace, data in summary["traces"].items():
-        for v in data["verdicts"]:
-            lines.append(
-                f"| {trace} | {v['adaptive']} | {v['static']} | {_ci(v['met_diff_pp'], v['met_diff_ci_pp'])} "
-                f"| {_ci(v['quality_diff'], v['quality_diff_ci'], 3)} | {v['answered_quality_diff']:+.3f} "
-                f"(± {v['quality_noise']:.3f}) | {'yes' if v['meets_at_least_as_many'] else 'NO'} "
-                f"| {_answered(v)} "
-                f"| {'yes' if v['at_least_mean_quality'] else 'NO'} |"
-            )
+    lines += _section(
+        "### Adaptive vs static INT8 / INT4 (same requests; paired bootstrap 95 % CIs)",
+        "trace", "adaptive", "vs", "Δ met pp [CI]", "Δ mean quality [CI]", "Δ answered quality (± point CI)",
+        "≥ deadlines", "≥ answered quality", "≥ mean quality",
+    )  # fmt: skip
+    lines += [_row(trace, *_verdict_cells(v)) for trace, data in summary["traces"].items() for v in data["verdicts"]]
     cell = summary["cell"]
     st = cell["static"]
-    lines += [
-        "",
+    lines += _section(
         f"### Multi-device cell: {len(cell['devices'])} devices, {st['capacity_mbps']:g} Mbit/s constant",
-        "",
-        "| allocator | deadlines met | total relative quality | exact | device: pair, share Mbit/s (needs), point |",
-        "|---|---|---|---|---|",
-    ]
+        "allocator", "deadlines met", "total relative quality", "exact", "device: pair, share Mbit/s (needs), point",
+    )  # fmt: skip
     for name, a in st["allocators"].items():
         devs = "; ".join(
             f"{r['device']}: {r['pair']}, {r['share_mbps']:.1f}"
@@ -528,14 +534,11 @@ def render_summary(summary: dict[str, Any]) -> str:
         )
         lines.append(f"| {name} | {a['met']} / {a['devices']} | {a['total_quality']:.3f} | {a['exact']} | {devs} |")
     tr = cell["trace"]
-    lines += [
-        "",
+    lines += _section(
         f"Trace-driven cell: {tr['bandwidth']}; one round every {tr['interval_s']:.1f} s, the split made on the last "
         "second's mean rate, each transfer timed on the actual trace at its fixed fraction.",
-        "",
-        "| allocator | device requests | met % [95 % CI] | mean quality [95 % CI] | misses by pair | points chosen |",
-        "|---|---|---|---|---|---|",
-    ]
+        "allocator", "device requests", "met % [95 % CI]", "mean quality [95 % CI]", "misses by pair", "points chosen",
+    )  # fmt: skip
     for name, a in tr["allocators"].items():
         misses = ", ".join(f"{k} {v}" for k, v in a["misses_by_pair"].items()) or "none"
         lines.append(

@@ -192,14 +192,6 @@ SYNTHETIC = FIXTURES / "synthetic_lte_ul_walking.csv"
 PACKAGED = ["lumos5g_vzw_mmwave5g_dl_driving_trace103", "lumos5g_vzw_mmwave5g_dl_walking_trace100"]
 
 
-@pytest.fixture
-def no_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only the packaged traces: an empty HOME, no SCOUT_DATA, no XDG_DATA_HOME."""
-    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-    for var in (DATA_ENV, "XDG_DATA_HOME"):
-        monkeypatch.delenv(var, raising=False)
-
-
 def _readme_rows(folder: Path) -> dict[str, str]:
     rows = {}
     for line in (folder / "README.md").read_text(encoding="utf-8").splitlines():
@@ -282,7 +274,7 @@ def test_replay_without_loop_ends_and_config_round_trip() -> None:
 
 
 def test_data_directory_traces_come_first_and_unknown_names_say_how_to_get_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_data_dir: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_data_dir: Path
 ) -> None:
     root = tmp_path / "root"
     (root / "traces").mkdir(parents=True)

@@ -37,14 +37,9 @@ TRACE = "t_s,mbps\n0.0,10.0\n1.0,12.5\n2.0,0.0\n"
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty HOME; no SCOUT_DATA, XDG_DATA_HOME or SCOUT_SHARED."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    for var in (DATA_ENV, "XDG_DATA_HOME", "SCOUT_SHARED"):
-        monkeypatch.delenv(var, raising=False)
-    return home
+def isolated(no_data_dir: Path) -> Path:
+    """Every test here: an empty HOME (the returned folder); no SCOUT_DATA, XDG_DATA_HOME or SCOUT_SHARED."""
+    return no_data_dir
 
 
 def _squad_lines(count: int, prefix: str = "s") -> list[str]:

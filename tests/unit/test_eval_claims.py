@@ -86,3 +86,22 @@ def test_scout_overlap_and_focusing_and_bottleneck(tmp_path: Path) -> None:
     text = (root / "CLAIMS.md").read_text()
     assert "| attention_focusing | held |" in text
     assert json.loads((root / "claims.json").read_text())[0]["key"] == "q2c_vs_snapkv"
+
+
+def test_plan_file_conditions_are_found_in_either_spelling(tmp_path: Path) -> None:
+    """A calibrated plan condition is one the codec registry reads as a plan file: the committed reports'
+    ``mixed:<plan.json>`` and the canonical ``mixed@<plan.json>`` both; a ``mixed:`` layer map is not one."""
+    root = tmp_path / "eval"
+    base = [0.1 * (i % 7) for i in range(40)]
+    better = [x + 0.3 for x in base]
+    conditions = {
+        "bf16": better,
+        "int4-study": base,
+        "mixed:plans/a.json": better,
+        "mixed@plans/b.json": better,
+        "mixed:0=16": better,
+    }
+    _run(root, "quantization", "squad_v2__m", conditions, "bf16")
+    claims = _by_key(build_claims(root, tmp_path / "no-plans"))
+    compared = {e.comparison for e in claims["mixed_int4_recovers"].evidence}
+    assert compared == {"mixed:plans/a.json vs int4-study", "mixed@plans/b.json vs int4-study"}

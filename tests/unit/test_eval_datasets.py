@@ -18,12 +18,8 @@ PACKAGED = {"squad_v2": 32, "triviaqa": 16, "hotpotqa": 16, "mmlu": 16, "mmlu_de
 """The packaged sample sizes (libs/scout/data/README.md)."""
 
 
-@pytest.fixture(autouse=True)
-def packaged_only(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Packaged samples only: an empty HOME, no SCOUT_DATA or XDG_DATA_HOME."""
-    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-    for var in (DATA_ENV, "XDG_DATA_HOME"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("no_data_dir")
+"""Packaged samples only (tests/unit/conftest.py): an empty HOME, no SCOUT_DATA or XDG_DATA_HOME."""
 
 
 def _write_jsonl(path: Path, records: list[dict[str, object]]) -> None:

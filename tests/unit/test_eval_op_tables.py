@@ -133,9 +133,35 @@ def test_codec_names_map_to_planner_modes() -> None:
     assert parse_codec("int4-study:keep=0").mode == "mixed-study"
     assert parse_codec("int4-study").mode == "int4-study" and parse_codec("int8-token").mode == "int8-token"
     assert parse_codec("delta-int4") is None and parse_codec("nonsense") is None
+    assert parse_codec("int4+zstd") is None and parse_codec("full") is None  # no size model / no codec at all
+    layer_map = parse_codec("mixed:0=16,3=8")  # a layer map is the pipeline's mixed mode, never a plan file
+    assert (layer_map.mode, layer_map.plan_name, layer_map.overrides) == ("mixed", "mixed:0=16,3=8", {0: 16, 3: 8})
+    assert layer_map.plan_file == "" and parse_codec("mixed-study:0=16").axes == "-study"
+    assert parse_codec("int8:keep=0").mode == "int8:keep=0"
     # Two codecs that would both be "mixed" keep their own names instead of colliding.
     modes = codec_modes(["int4:keep=0", "int4:keep=0,1", "int8"])
     assert {m.mode for m in modes.values()} == {"int4:keep=0", "int4:keep=0,1", "int8"}
+
+
+def test_plan_files_read_the_same_in_both_spellings(tmp_path: Path) -> None:
+    """``mixed@<plan.json>`` (canonical) and ``mixed:<plan.json>`` (the committed runs' spelling) are one plan-file
+    mode: the same mode name, bit plan, quantizer and size; each keeps its own spelling as the table's plan name."""
+    from scout.codec.mixed import MixedPlan
+    from scout_eval.codec_modes import kv_point_size, plan_file_of
+
+    spec = QuantSpec(4, axis_k="token", axis_v="token", group_size=16, symmetric=True)
+    path = MixedPlan(BitPlan(4, {0: 16, 2: 8}), spec, "0" * 16, 3, "toy").save(tmp_path / "plans" / "toy.json")
+    legacy, canonical = parse_codec(f"mixed:{path}"), parse_codec(f"mixed@{path}")
+    assert legacy is not None and canonical is not None
+    assert legacy.mode == canonical.mode == "mixed-toy"
+    assert (legacy.plan_name, canonical.plan_name) == (f"mixed:{path}", f"mixed@{path}")
+    assert legacy.plan_file == canonical.plan_file == str(path) == plan_file_of(f"mixed@{path}")
+    assert legacy.bit_plan() == canonical.bit_plan() == BitPlan(4, {0: 16, 2: 8})
+    assert legacy.quant_spec(16) == canonical.quant_spec(16) == spec and legacy.axes == ""
+    geometry = KVGeometry(num_layers=3, kv_heads=2, head_dim=16)
+    a, b = kv_point_size(geometry, legacy), kv_point_size(geometry, canonical)
+    assert a == b and a.size_bytes(100) > 0  # the same payload; the plan names in the headers are equally long
+    assert plan_file_of("mixed:0=16") is None and plan_file_of("int4") is None and plan_file_of("full") is None
 
 
 def test_pair_table_from_constructed_runs(tmp_path: Path) -> None:

@@ -11,19 +11,13 @@ from typing import Any
 
 import pytest
 
-from scout.dataroot import DATA_ENV
 from scout.datasets import dataset_path, load_jsonl, to_example
 from scout_eval.hub import CONVERTERS, HubUnavailable, hub_records
 from scout_eval.runner import RunConfig
 from scout_eval.sources import load_from_source
 
-
-@pytest.fixture(autouse=True)
-def packaged_only(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The records are the packaged ones: an empty HOME, no data directory variables."""
-    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-    for var in (DATA_ENV, "XDG_DATA_HOME"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("no_data_dir")
+"""The records are the packaged ones (tests/unit/conftest.py): an empty HOME, no data directory variables."""
 
 
 def _local(name: str, k: int, where: Any = None) -> list[dict[str, Any]]:

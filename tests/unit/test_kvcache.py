@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from tiny_models import tiny_qwen2
 
 from scout.kvcache import KVCache
 
@@ -47,16 +47,7 @@ def test_validation_rejects_inconsistent_shapes() -> None:
 
 
 def test_roundtrip_through_transformers_cache_is_bitwise() -> None:
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        num_hidden_layers=2,
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=500,
-    )
-    model = Qwen2ForCausalLM(cfg).eval()
+    cfg, model = tiny_qwen2(vocab_size=500)
     ids = torch.randint(0, 500, (1, 12))
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=True)

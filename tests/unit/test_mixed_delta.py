@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_models import tiny_qwen2
 
 from scout.codec.calibrate import calibrate, prepare_prompts, search_prefix
 from scout.codec.delta import (
@@ -168,23 +169,15 @@ class _Tok:
 
 
 def _tiny(outlier: bool = False) -> Any:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from scout.models import LoadedModel, ModelSpec
 
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
+    cfg, model = tiny_qwen2(
         vocab_size=96,
-        hidden_size=64,
-        intermediate_size=128,
         num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=256,
         tie_word_embeddings=True,
         initializer_range=0.3,  # peaked next-token distributions, so KL differences are measurable
     )
-    model = Qwen2ForCausalLM(cfg).eval()
     if outlier:  # one key channel of layer 2 carries a large constant, like the outlier channels of real keys
         with torch.no_grad():
             model.model.layers[2].self_attn.k_proj.bias[5] = 60.0

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import tiny_qwen2
 from transformers import Qwen2Config
 
 from scout import gguf, models
@@ -108,9 +109,8 @@ def test_parts_are_joined_in_numeric_order_and_checksum_is_enforced(
 
 def test_tied_embeddings_are_saved_under_the_embedding_name() -> None:
     import torch
-    from transformers import Qwen2ForCausalLM
 
-    cfg = Qwen2Config(
+    _, model = tiny_qwen2(
         num_hidden_layers=1,
         hidden_size=32,
         num_attention_heads=2,
@@ -119,7 +119,6 @@ def test_tied_embeddings_are_saved_under_the_embedding_name() -> None:
         vocab_size=100,
         tie_word_embeddings=True,
     )
-    model = Qwen2ForCausalLM(cfg)
     state = gguf._untied_state_dict(model)
     assert "model.embed_tokens.weight" in state and "lm_head.weight" not in state
     assert torch.equal(state["model.embed_tokens.weight"], model.lm_head.weight)

@@ -7,7 +7,10 @@ Sizes at n = 1000 context tokens are round numbers; every expected choice is com
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
+from policy_helpers import point
 
 from scout.channel.process import StepProcess
 from scout.policy.operating_points import OperatingPoint, OperatingPointTable
@@ -27,18 +30,8 @@ from scout_eval.simulate import SimConfig, SimRequest, parse_policy, simulate
 PAIR = "e->c"
 
 
-def pt(mode: str, q: float, per_token: float = 0.0, *, fixed: int = 0, basis: str = "kept") -> OperatingPoint:
-    return OperatingPoint(
-        mode=mode,
-        size_basis=basis,  # type: ignore[arg-type]
-        bytes_per_context_token=per_token,
-        fixed_bytes=fixed,
-        quality_mean=q,
-        quality_lo=q,
-        quality_hi=q,
-        n=50,
-        model_pair=PAIR,
-    )
+pt = partial(point, pair=PAIR, n=50, plan="")
+"""This file's points: its own pair, 50 examples each, no bit-plan name."""
 
 
 def table(*points: OperatingPoint) -> OperatingPointTable:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from policy_helpers import PAIR, point
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
@@ -57,30 +58,10 @@ from scout_eval.simulate import (
     simulate,
 )
 
-PAIR = "edge->cloud"
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # a constructed table: n = 1000 context tokens makes every size a round number
 # ----------------------------------------------------------------------------------------------------------------
-def point(
-    mode: str, q: float, per_token: float = 0.0, *, fixed: int = 0, basis: str = "kept", **kw: object
-) -> OperatingPoint:
-    return OperatingPoint(
-        mode=mode,
-        plan=mode,
-        size_basis=basis,  # type: ignore[arg-type]
-        bytes_per_context_token=per_token,
-        fixed_bytes=fixed,
-        quality_mean=q,
-        quality_lo=q,
-        quality_hi=q,
-        n=100,
-        model_pair=kw.pop("pair", PAIR),  # type: ignore[arg-type]
-        **kw,  # type: ignore[arg-type]
-    )
-
-
 def make_table(*, with_fallbacks: bool = True) -> OperatingPointTable:
     pts = [
         point("full", 1.00, 1000),  # 1 MB at n = 1000 -> 8 Mbit
@@ -226,6 +207,7 @@ GEOMETRIES = [(28, 4, 128), (3, 2, 24), (1, 1, 8), (5, 3, 40)]
 @pytest.mark.parametrize(("layers", "heads", "dim"), GEOMETRIES)
 def test_codec_sizes_match_the_codec_exactly(layers: int, heads: int, dim: int) -> None:
     from scout.codec.quant import BitPlan, QuantSpec, estimate_bytes
+    from scout.codec.registry import bit_plan_of
     from scout.models import ModelSpec
     from scout.policy.operating_points import POSITIONS_ITEMSIZE, KVGeometry, codec_size_models, kv_size_model
 
@@ -235,6 +217,9 @@ def test_codec_sizes_match_the_codec_exactly(layers: int, heads: int, dim: int) 
     )  # fmt: skip
     geo = KVGeometry.from_spec(spec)
     models = codec_size_models(geo, mixed_overrides={0: 16})
+    assert [models[m][0] for m in ("full", "int8", "int4", "mixed")] == ["bf16", "int8", "int4", "mixed:0=16"]
+    overrides = {layers - 1: 8, 0: 16}  # the mixed plan's name is one the registry parses back to the plan
+    assert bit_plan_of(codec_size_models(geo, mixed_overrides=overrides)["mixed"][0]) == BitPlan(4, overrides)
     plans = {"full": BitPlan(16), "int8": BitPlan(8), "int4": BitPlan(4), "mixed": BitPlan(4, {0: 16})}
     for n in (1, 2, 31, 32, 33, 100, 1000, 1024, 1500):
         for retention in (1.0, 0.75, 0.5, 0.25):
@@ -592,14 +577,11 @@ SYNTHETIC = Path(__file__).resolve().parents[1] / "fixtures" / "traces" / "synth
 
 
 @pytest.fixture
-def trace_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def trace_root(tmp_path: Path, no_data_dir: Path) -> Path:
     """A data directory holding the synthetic uplink trace, for --data-dir; no data directory otherwise."""
     traces = tmp_path / "data-root" / "traces"
     traces.mkdir(parents=True)
     shutil.copy(SYNTHETIC, traces)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for var in ("SCOUT_DATA", "XDG_DATA_HOME"):
-        monkeypatch.delenv(var, raising=False)
     return traces.parent
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny_models import tiny_qwen2
 
 from scout.codec.quant import (
     BitPlan,
@@ -399,17 +400,7 @@ def test_quantized_cache_validation() -> None:
 # --- a real (tiny, random-init) transformer's KV ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model() -> tuple[object, KVCache, torch.Tensor, torch.Tensor]:
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        num_hidden_layers=2,
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=1000,
-    )
-    model = transformers.Qwen2ForCausalLM(config).eval()
+    _, model = tiny_qwen2()
     ids = torch.randint(0, 1000, (1, 51))
     with torch.no_grad():
         out = model(ids[:, :50], use_cache=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from scout.channel.process import StepProcess
-from scout.dataroot import DATA_ENV, using_data_dir
+from scout.dataroot import using_data_dir
 from scout.policy.allocator import allocate_brute_force
 from scout.policy.operating_points import OperatingPoint, OperatingPointTable
 from scout.policy.planner import ModeStages, StageCost, StageTimes
@@ -172,14 +172,11 @@ SYNTHETIC = Path(__file__).resolve().parents[1] / "fixtures" / "traces" / "synth
 
 
 @pytest.fixture
-def trace_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def trace_root(tmp_path: Path, no_data_dir: Path) -> Path:
     """A data directory holding the synthetic trace; HOME empty and SCOUT_DATA unset (the packaged traces only)."""
     root = tmp_path / "data-root"
     (root / "traces").mkdir(parents=True)
     (root / "traces" / SYNTHETIC.name).write_bytes(SYNTHETIC.read_bytes())
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(DATA_ENV, raising=False)
-    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
     return root
 
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from scout.kvcache import KVCache
+from scout.kvcache import KVCache, LayeredCache
 
 QUANT_BITS: frozenset[int] = frozenset({2, 4, 8})
 """Bit widths `quantize` produces."""
@@ -216,8 +216,9 @@ LayerTensor = QuantizedTensor | torch.Tensor
 
 
 @dataclass
-class QuantizedCache:
-    """A KVCache whose layers are quantized (or kept raw at 16 bits); positions as in KVCache."""
+class QuantizedCache(LayeredCache):
+    """A KVCache whose layers are quantized (or kept raw at 16 bits); positions as in KVCache (and its layer count
+    and length read the same way, from `LayeredCache`)."""
 
     keys: list[LayerTensor]
     values: list[LayerTensor]
@@ -235,14 +236,6 @@ class QuantizedCache:
                 raise ValueError(f"QuantizedCache: layer {i} shapes {ks}/{vs} disagree with {seq} positions")
             if layer_bits(k) != layer_bits(v):
                 raise ValueError(f"QuantizedCache: layer {i} keys and values have different bit widths")
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.keys)
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.positions.shape[0])
 
     def bits(self) -> list[int]:
         """Bits of each layer (16 for raw layers)."""

@@ -26,10 +26,11 @@ the model pair (the cloud model's own full-context answer unless the table says 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from scout.policy.plans import JsonDocument
 
 __all__ = [
     "KNOWN_MODES",
@@ -167,8 +168,9 @@ class MeasuredQuality(BaseModel):
         return self
 
 
-class OperatingPointTable(BaseModel):
-    """All operating points of one evaluation run, for one or more model pairs; saved and loaded as JSON.
+class OperatingPointTable(JsonDocument):
+    """All operating points of one evaluation run, for one or more model pairs; saved and loaded as JSON
+    (`JsonDocument.load` / `save`).
 
     ``reference`` maps a model pair to the quality that relative quality divides by. A pair without an entry
     uses its ``full`` point at retention 1; without either, relative quality is undefined and raises.
@@ -200,17 +202,6 @@ class OperatingPointTable(BaseModel):
             if pair not in self.reference or not math.isclose(self.reference[pair], detail.mean, rel_tol=1e-12):
                 raise ValueError(f"reference_detail of {pair} ({detail.mean}) is not its reference quality")
         return self
-
-    # --- persistence ------------------------------------------------------------------------------------------
-    @classmethod
-    def load(cls, path: str | Path) -> OperatingPointTable:
-        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        return path
 
     # --- lookup -----------------------------------------------------------------------------------------------
     def pairs(self) -> list[str]:
@@ -407,6 +398,7 @@ def codec_size_models(
     assumed). ``quant`` overrides the KIVI defaults for the quantized modes (its ``bits`` is ignored).
     """
     from scout.codec.quant import BitPlan, QuantSpec
+    from scout.codec.registry import bit_plan_spec
 
     def spec_for(bits: int) -> Any:
         if quant is None:
@@ -423,8 +415,7 @@ def codec_size_models(
     }
     if mixed_overrides:
         plan = BitPlan(4, dict(mixed_overrides))
-        name = "mixed:" + ",".join(f"{k}={v}" for k, v in sorted(plan.overrides.items()))
-        out["mixed"] = (name, kv_size_model(geometry, plan, spec_for(4), header_bytes=header_bytes))
+        out["mixed"] = (bit_plan_spec(plan), kv_size_model(geometry, plan, spec_for(4), header_bytes=header_bytes))
     out["scout"] = ("positions", positions_size_model(message_bytes))
     out["text"] = ("none", message_size_model(message_bytes))
     out["local"] = ("none", message_size_model(0))

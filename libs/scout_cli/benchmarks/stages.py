@@ -68,7 +68,7 @@ DEFAULT_CODECS = [
     "int4:keep=0",
     "int4-study",
     "int4-study:keep=0",
-    "mixed:reports/plans/{model}-int4-study.json",
+    "mixed@reports/plans/{model}-int4-study.json",
 ]
 """The codecs of the evaluation runs (`scripts/run-evals.sh`) plus the pipeline's mixed plan; ``{model}`` stands for
 each timed model (a calibrated plan belongs to one model); a plan file that does not exist is skipped."""
@@ -323,7 +323,7 @@ def run_stages_bench(cfg: StagesBenchConfig, progress: Callable[[str], None] = l
         raw_kv_blob,
         same_tokenizer,
     )
-    from scout_eval.codec_modes import codec_modes
+    from scout_eval.codec_modes import codec_modes, plan_file_of
 
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
@@ -347,7 +347,7 @@ def run_stages_bench(cfg: StagesBenchConfig, progress: Callable[[str], None] = l
 
     def modes_of(model: str) -> dict[str, Any]:
         codecs = [c.replace("{model}", model) for c in cfg.codecs]
-        missing = [c for c in codecs if c.startswith("mixed:") and not Path(c.split(":", 1)[1]).is_file()]
+        missing = [c for c in codecs if (plan := plan_file_of(c)) is not None and not Path(plan).is_file()]
         for c in missing:
             progress(f"{model}: skipping {c} (no such plan file)")
         return codec_modes([c for c in codecs if c not in missing])

@@ -28,7 +28,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         limit: Annotated[int | None, typer.Option(help="stop after this many new samples")] = None,
         retentions: Annotated[str | None, typer.Option(help="e.g. 0.1,0.25,0.5,0.75")] = None,
         methods: Annotated[str | None, typer.Option(help="selection methods, comma-separated")] = None,
-        codecs: Annotated[str | None, typer.Option(help="bf16,int8,int4,int2,mixed:<plan.json>")] = None,
+        codecs: Annotated[str | None, typer.Option(help="bf16,int8,int4,int2,mixed@<plan.json>")] = None,
         application: Annotated[
             str, typer.Option(help="evict (what Scout's KV modes send), mask (the study's), or drop")
         ] = "evict",

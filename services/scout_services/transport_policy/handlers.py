@@ -8,8 +8,6 @@ Samples are stamped with this process's monotonic clock on arrival: senders' clo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from scout.pipeline import PolicyConfig, bit_plan_name, plan_request
 from scout.policy.estimators import LinkBook
 from scout_runtime.errors import BadRequest
@@ -23,10 +21,12 @@ def load_policy(args: PolicyArgs) -> PolicyConfig:
 
     spec = load_spec(args.edge_model)
     mixed = args.mixed_plan
-    if mixed.endswith(".json"):
-        from scout.codec.mixed import MixedPlan
+    if mixed.endswith(".json"):  # a calibrated plan file: its layer map, refused if made for another model
+        from scout.codec.mixed import PlanFileCodec
 
-        mixed = bit_plan_name(MixedPlan.load(Path(mixed), expected_fingerprint=spec.fingerprint).plan)
+        plan_file = PlanFileCodec(mixed)
+        plan_file.check_model(spec.fingerprint)
+        mixed = bit_plan_name(plan_file.bit_plan)
     table = stages = None
     if args.table is not None:
         from scout.policy.operating_points import OperatingPointTable
