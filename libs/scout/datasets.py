@@ -167,8 +167,8 @@ def load_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError, too-long integers, deep nesting
+                raise ValueError(f"{path}:{lineno}: invalid JSON: {_json_error(exc)}") from exc
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             yield record
@@ -329,12 +329,17 @@ def check_dataset_file(path: Path, *, max_problems: int = 5) -> tuple[int, list[
     return count, problems
 
 
+def _json_error(exc: Exception) -> str:
+    """A short reason for a line `json.loads` refused (a decode error's own message, or the error's kind)."""
+    return str(getattr(exc, "msg", "") or type(exc).__name__)
+
+
 def _record_problem(line: str, seen: set[str], default_dataset: str) -> str | None:
     """What is wrong with one JSONL line, or None."""
     try:
         record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        return f"invalid JSON: {exc.msg}"
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, too-long integers, deep nesting
+        return f"invalid JSON: {_json_error(exc)}"
     if not isinstance(record, dict):
         return f"expected a JSON object, got {type(record).__name__}"
     rid = record.get("id")

@@ -276,7 +276,7 @@ def encode_uplink(
         raise ValueError("the raw KV must hold every hand-off token in order (it was pruned already)")
     kv = decoded.kvcache()
     if positions is not None:
-        kept = decode_positions(positions, context_tokens, max_n=max_context_tokens)
+        kept = decode_positions(positions, context_tokens, max_n=max_context_tokens, require_checksum=True)
         kv = kv.select(visible_positions(orig, context_start, context_tokens, kept))
     elif context_start + context_tokens > orig:
         raise ValueError(f"context [{context_start}, {context_start + context_tokens}) exceeds {orig} cached tokens")
@@ -358,7 +358,7 @@ def answer_from_document(
         return _answer(gen, time.perf_counter() - t0 - sum(t.values()) + t["prefill"], t["generate"])
     if context_tokens is None:
         raise ValueError("scout mode needs the edge's context length")
-    kept = decode_positions(positions, context_tokens, max_n=max_context_tokens)
+    kept = decode_positions(positions, context_tokens, max_n=max_context_tokens, require_checksum=True)
     if edge_tokenizer is not None:
         edge_prompt = build_prompt(edge_tokenizer, question=question, context=document, task=task)
         if len(edge_prompt.context) != context_tokens:

@@ -29,10 +29,10 @@ app.add_typer(bench_app, name="bench")
 
 
 def _register_commands() -> None:
-    from scout_cli.commands import codec, data, policy, reliability, selection, serve, shape, shaping
+    from scout_cli.commands import codec, data, fuzz, policy, reliability, selection, serve, shape, shaping
     from scout_cli.commands import eval as eval_commands
 
-    for module in (selection, policy, eval_commands, serve, codec, shape, shaping, reliability, data):
+    for module in (selection, policy, eval_commands, serve, codec, shape, shaping, reliability, data, fuzz):
         module.register(app, bench_app)
 
 

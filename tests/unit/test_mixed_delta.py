@@ -12,6 +12,7 @@ import math
 import statistics
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -118,6 +119,43 @@ def test_malformed_plan_documents_are_refused(edit: Any, match: str) -> None:
     edit(doc)
     with pytest.raises(PlanFormatError, match=match):
         MixedPlan.from_json(doc, expected_fingerprint=FP)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"\xff{}", "readable"),  # issue 22: was UnicodeDecodeError
+        (b"[" * 5000 + b"]" * 5000, "readable"),  # was RecursionError
+        (b'{"format": "scout-bitplan", "version": ' + b"1" * 5000 + b"}", "readable"),  # was ValueError (int digits)
+        (b"[1, 2", "not JSON"),
+        ("{}", "not a scout-bitplan"),
+    ],
+)
+def test_unreadable_plan_bytes_are_plan_format_errors(tmp_path: Path, data: bytes | str, match: str) -> None:
+    with pytest.raises(PlanFormatError, match=match):
+        MixedPlan.loads(data, expected_fingerprint=None)
+    path = tmp_path / "plan.json"
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    with pytest.raises(PlanFormatError, match=match):
+        MixedPlan.load(path, expected_fingerprint=None)
+
+
+def test_a_plan_claiming_huge_layer_counts_is_refused_before_building_lists() -> None:
+    """A 300-byte plan claiming 10**8 layers took 10 s and 1 GB to reject (issue 22): the count is bounded first."""
+    doc = _plan().to_json()
+    doc["model"]["num_layers"] = 10**8
+    with (
+        mock.patch.object(BitPlan, "per_layer", side_effect=AssertionError("per-layer list built")),
+        pytest.raises(PlanFormatError, match="num_layers"),
+    ):
+        MixedPlan.from_json(doc, expected_fingerprint=FP)
+    for bad in ({"version": True}, {"model": {**doc["model"], "num_layers": 6, "name": ["x"]}}):
+        with pytest.raises(PlanFormatError):
+            MixedPlan.from_json(_plan().to_json() | bad, expected_fingerprint=None)
+    empty = _plan().to_json()
+    empty["model"]["fingerprint"] = ""
+    with pytest.raises(PlanFormatError):
+        MixedPlan.from_json(empty, expected_fingerprint=None)
 
 
 def test_plan_quantizes_each_layer_at_its_bits() -> None:
@@ -345,6 +383,45 @@ def test_delta_blob_round_trip_and_refusals() -> None:
         encode_delta_blob(dc, model_fingerprint=FP, meta={"delta.group": "9"})
 
 
+def _with_group(part: bytes, group: str) -> bytes:
+    """A scout-kv blob with its delta.group rewritten and its checksum re-computed (a validly signed forgery)."""
+    from scout_testbed.fuzz import _split_blob, seal_blob
+
+    parts = _split_blob(part)
+    assert parts is not None
+    header, payload = parts
+    user = json.loads(header["__metadata__"]["user"])
+    user["delta.group"] = group
+    header["__metadata__"]["user"] = json.dumps(user, sort_keys=True, separators=(",", ":"))
+    return seal_blob(header, payload)
+
+
+@pytest.mark.parametrize("group", [str(2**64), str(2**63), "\u0661\u0660", "+4", "04", "1"])
+def test_delta_frame_group_is_a_bounded_decimal(group: str) -> None:
+    """issue 22: a group of 2**64 behind valid checksums was an OverflowError, 2**63 a torch error in decode."""
+    blob = encode_delta_blob(delta_encode(_cache(seq=9), group=4), model_fingerprint=FP)
+    n = int.from_bytes(blob[8:16], "little")
+    anchors, deltas = _with_group(blob[16 : 16 + n], group), _with_group(blob[16 + n :], group)
+    with pytest.raises(BlobError, match="group"):
+        decode_delta_blob(DELTA_MAGIC + len(anchors).to_bytes(8, "little") + anchors + deltas)
+
+
+def test_delta_frame_values_must_agree_on_head_dim() -> None:
+    """issue 22: only keys were compared, so deltas whose values had another head_dim were accepted and then
+    crashed in delta_decode."""
+    g = torch.Generator().manual_seed(3)
+    kv = KVCache([torch.randn(1, 6, 4, generator=g)], [torch.randn(1, 6, 4, generator=g)], torch.arange(6))
+    kv2 = KVCache([torch.randn(1, 6, 4, generator=g)], [torch.randn(1, 6, 8, generator=g)], torch.arange(6))
+    a = encode_delta_blob(delta_encode(kv, group=3), model_fingerprint=FP)
+    b = encode_delta_blob(delta_encode(kv2, group=3), model_fingerprint=FP)
+    na, nb = int.from_bytes(a[8:16], "little"), int.from_bytes(b[8:16], "little")
+    mixed = a[: 16 + na] + b[16 + nb :]
+    with pytest.raises(BlobError, match="value"):
+        decode_delta_blob(mixed)
+    with pytest.raises(BlobError, match="bytes-like"):
+        decode_delta_blob("not bytes")  # type: ignore[arg-type]
+
+
 # ================================================================================================================
 # entropy coding
 # ================================================================================================================
@@ -357,7 +434,7 @@ def test_zstd_round_trip_is_lossless_and_refuses_bombs() -> None:
     assert len(packed) < len(blob)
     with pytest.raises(BlobError, match="over the limit"):
         decompress_blob(packed, max_bytes=len(blob) - 1)
-    with pytest.raises(BlobError, match=r"unused|corrupt"):
+    with pytest.raises(BlobError, match=r"unused|corrupt|trailing"):
         decompress_blob(packed + b"tail")
     with pytest.raises(BlobError):
         decompress_blob(b"not zstd at all")
@@ -366,6 +443,25 @@ def test_zstd_round_trip_is_lossless_and_refuses_bombs() -> None:
     unsized = zstandard.ZstdCompressor(write_content_size=False).compress(blob)
     with pytest.raises(BlobError, match="content size"):
         decompress_blob(unsized)
+
+
+def test_zstd_memory_follows_the_real_output_not_the_declared_size() -> None:
+    """issue 22 fuzzing: a one-shot decompress allocated the declared content size, so the first bytes of a frame
+    declaring 64 MB cost 64 MB. Streamed, they cost what they decompress to (Python-level allocations traced)."""
+    import tracemalloc
+
+    import zstandard
+
+    frame = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(64 * 1024 * 1024))
+    tracemalloc.start()
+    try:
+        with pytest.raises(BlobError):
+            decompress_blob(frame[:32])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, peak
+    assert decompress_blob(frame) == bytes(64 * 1024 * 1024)
 
 
 def test_code_entropy_of_hand_built_symbols() -> None:

@@ -14,6 +14,7 @@ import math
 import re
 import time
 import tracemalloc
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 
@@ -24,6 +25,8 @@ from hypothesis import strategies as st
 
 from scout.dataroot import packaged_dir
 from scout.positions import (
+    CHECK_BYTES,
+    CHECKED,
     Codec,
     PositionSetError,
     align_positions,
@@ -98,7 +101,7 @@ def _check_decode_outcome(data: bytes, n: int) -> np.ndarray | None:
     if out.size:
         assert int(out[0]) >= 0 and int(out[-1]) < n
         assert bool(np.all(np.diff(out) > 0))
-    assert encode_positions(out, n, Codec(data[0])) == data
+    assert encode_positions(out, n, Codec(data[0] & ~CHECKED), checked=bool(data[0] & CHECKED)) == data
     return out
 
 
@@ -120,7 +123,7 @@ def _sample_encodings() -> Iterator[tuple[bytes, int]]:
     for idx, n in SAMPLE_SETS:
         arr = np.array(idx, dtype=np.int64)
         for codec in _applicable(arr, n):
-            yield encode_positions(arr, n, codec), n
+            yield encode_positions(arr, n, codec, checked=False), n
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -129,17 +132,17 @@ def _sample_encodings() -> Iterator[tuple[bytes, int]]:
 
 
 def test_known_encodings() -> None:
-    assert encode_positions([0, 9], 10, Codec.BITMAP) == bytes([2, 0x01, 0x02])
+    assert encode_positions([0, 9], 10, Codec.BITMAP, checked=False) == bytes([2, 0x01, 0x02])
     # LEB128 of 300 is ac 02; count 1 first.
-    assert encode_positions([300], 1000, Codec.DELTA_VARINT) == bytes([3, 1, 0xAC, 0x02])
-    assert encode_positions([2, 5, 6], 10, Codec.DELTA_VARINT) == bytes([3, 3, 2, 2, 0])
+    assert encode_positions([300], 1000, Codec.DELTA_VARINT, checked=False) == bytes([3, 1, 0xAC, 0x02])
+    assert encode_positions([2, 5, 6], 10, Codec.DELTA_VARINT, checked=False) == bytes([3, 3, 2, 2, 0])
     # two runs: skip 2, keep 3, skip 2, keep 1  ->  m=2, 2, 3-1, 2-1, 1-1
-    assert encode_positions([2, 3, 4, 7], 10, Codec.RANGES) == bytes([4, 2, 2, 2, 1, 0])
+    assert encode_positions([2, 3, 4, 7], 10, Codec.RANGES, checked=False) == bytes([4, 2, 2, 2, 1, 0])
     # k=3, l=floor(log2(16/3))=2: low bits 01 01 01, upper bits at 0, 2, 4 of 6 -> 0x55, 0x05
-    assert encode_positions([1, 5, 9], 16, Codec.ELIAS_FANO) == bytes([5, 3, 0x55, 0x05])
-    assert encode_positions([], 10) == bytes([Codec.NONE])
-    assert encode_positions(range(10), 10) == bytes([Codec.ALL])
-    assert encode_positions([], 0) == bytes([Codec.NONE])  # tie with ALL goes to the earlier tag
+    assert encode_positions([1, 5, 9], 16, Codec.ELIAS_FANO, checked=False) == bytes([5, 3, 0x55, 0x05])
+    assert encode_positions([], 10, checked=False) == bytes([Codec.NONE])
+    assert encode_positions(range(10), 10, checked=False) == bytes([Codec.ALL])
+    assert encode_positions([], 0, checked=False) == bytes([Codec.NONE])  # tie with ALL goes to the earlier tag
 
 
 def test_codec_tags_are_fixed() -> None:
@@ -158,10 +161,10 @@ def test_auto_choice_matches_the_shape_of_the_set() -> None:
     clustered = np.arange(2_000, 9_000)
     scattered = np.flatnonzero(np.random.default_rng(1).random(n) < 0.75)
     sparse = np.array([5, 70, 1_234, 9_999])
-    assert encode_positions(clustered, n)[0] == Codec.RANGES
-    assert encode_positions(scattered, n)[0] == Codec.BITMAP
-    assert encode_positions(sparse, n)[0] == Codec.DELTA_VARINT
-    assert len(encode_positions(clustered, n)) == 6  # tag, m, 2000 (2 B), 6999 (2 B)
+    assert encode_positions(clustered, n)[0] == CHECKED | Codec.RANGES
+    assert encode_positions(scattered, n)[0] == CHECKED | Codec.BITMAP
+    assert encode_positions(sparse, n)[0] == CHECKED | Codec.DELTA_VARINT
+    assert len(encode_positions(clustered, n)) == 6 + CHECK_BYTES  # tag, m, 2000 (2 B), 6999 (2 B), CRC
 
 
 def test_study_bytes() -> None:
@@ -184,7 +187,7 @@ def test_every_codec_round_trips_and_auto_is_smallest(case: tuple[int, np.ndarra
     lengths: dict[Codec, int] = {}
     for codec in _applicable(idx, n):
         data = encode_positions(idx, n, codec)
-        assert data[0] == codec
+        assert data[0] == CHECKED | codec
         assert len(data) == sizes[codec.name.lower()]
         out = decode_positions(data, n)
         assert out.dtype == np.int64
@@ -195,8 +198,8 @@ def test_every_codec_round_trips_and_auto_is_smallest(case: tuple[int, np.ndarra
     auto = encode_positions(idx, n)
     np.testing.assert_array_equal(decode_positions(auto, n), idx)
     assert len(auto) == min(lengths.values())
-    assert len(auto) <= math.ceil(n / 8) + 1
-    assert auto[0] == min(c for c in lengths if lengths[c] == len(auto))  # deterministic tie-break
+    assert len(auto) <= math.ceil(n / 8) + 1 + CHECK_BYTES
+    assert auto[0] == CHECKED | min(c for c in lengths if lengths[c] == len(auto))  # deterministic tie-break
 
 
 @FAST
@@ -216,7 +219,7 @@ def test_encode_accepts_sequences_and_numpy_dtypes() -> None:
     assert encode_positions([1, 4, 5], 8) == expected
     assert encode_positions((1, 4, 5), 8) == expected
     assert encode_positions(np.array([1, 4, 5], dtype=np.uint16), np.int32(8)) == expected
-    assert encode_positions(np.array([], dtype=np.float64), 8) == bytes([Codec.NONE])
+    assert encode_positions(np.array([], dtype=np.float64), 8, checked=False) == bytes([Codec.NONE])
 
 
 @pytest.mark.parametrize(
@@ -272,8 +275,64 @@ def test_flipped_bytes_raise_or_decode_canonically() -> None:
     assert outcomes["error"] > 0 and outcomes["valid"] > 0  # bitmap bit flips are legitimately other sets
 
 
+def _checked_encodings() -> Iterator[tuple[bytes, int]]:
+    for idx, n in SAMPLE_SETS:
+        arr = np.array(idx, dtype=np.int64)
+        for codec in _applicable(arr, n):
+            yield encode_positions(arr, n, codec), n
+
+
+def test_checked_format_layout() -> None:
+    """v2 = tag | 0x80, the v1 payload, then CRC-32 (LE) over n as u64 LE, the tag and the payload."""
+    data = encode_positions([0, 9], 10, Codec.BITMAP)
+    body = bytes([CHECKED | Codec.BITMAP, 0x01, 0x02])
+    crc = zlib.crc32(body, zlib.crc32((10).to_bytes(8, "little")))
+    assert data == body + crc.to_bytes(4, "little")
+    assert len(data) == len(encode_positions([0, 9], 10, Codec.BITMAP, checked=False)) + CHECK_BYTES
+    assert encoded_size([0, 9], 10)["bitmap"] == len(data)
+    assert encoded_size([0, 9], 10, checked=False)["bitmap"] == len(data) - CHECK_BYTES
+
+
+def test_every_flipped_bit_of_a_checked_set_is_an_error() -> None:
+    """The issue's case ([0, 2, 4, 6] of 8 decoded as [2, 4, 6] after one flipped bit) and every other bit."""
+    count = 0
+    for data, n in [(encode_positions([0, 2, 4, 6], 8), 8), *_checked_encodings()]:
+        for bit in range(8 * len(data)):
+            mutated = bytearray(data)
+            mutated[bit // 8] ^= 1 << (bit % 8)
+            with pytest.raises(PositionSetError):
+                decode_positions(bytes(mutated), n)
+            count += 1
+    assert count > 1000
+
+
+def test_a_checked_set_decoded_against_another_n_is_an_error() -> None:
+    data = encode_positions(range(10), 10)  # ALL: without the CRC, any n would decode
+    np.testing.assert_array_equal(decode_positions(data, 10), np.arange(10))
+    for other in (9, 11, 0):
+        with pytest.raises(PositionSetError, match="CRC"):
+            decode_positions(data, other)
+
+
+def test_unchecked_v1_sets_still_decode_unless_a_checksum_is_required() -> None:
+    v1 = encode_positions([1, 5, 9], 16, checked=False)
+    np.testing.assert_array_equal(decode_positions(v1, 16), [1, 5, 9])
+    with pytest.raises(PositionSetError, match="unchecked"):
+        decode_positions(v1, 16, require_checksum=True)
+    np.testing.assert_array_equal(
+        decode_positions(encode_positions([1, 5, 9], 16), 16, require_checksum=True), [1, 5, 9]
+    )
+
+
+def test_checked_sets_too_short_for_a_crc_are_rejected() -> None:
+    for tag in range(CHECKED, 256):
+        for extra in (b"", b"\x00", b"\x00\x00\x00"):
+            with pytest.raises(PositionSetError):
+                decode_positions(bytes([tag]) + extra, 10)
+
+
 def test_unknown_tags_are_rejected() -> None:
-    for tag in range(len(Codec), 256):
+    for tag in range(len(Codec), CHECKED):
         with pytest.raises(PositionSetError, match="unknown"):
             decode_positions(bytes([tag]), 10)
     with pytest.raises(PositionSetError, match="empty"):
@@ -319,9 +378,9 @@ def test_known_elias_fano_corruption_inputs_are_well_formed_apart_from_the_fault
     np.testing.assert_array_equal(decode_positions(bytes([Codec.ELIAS_FANO, 3, 0x55, 0x05]), 16), [1, 5, 9])
     # k=2, n=16, l=3: low bits 101 101, upper bits (high parts 0, 1 at 0 + 0, 1 + 1) 101 -> 0x6D, 0x01.
     # The "not strictly increasing" case above is [5, 5]: same low bits, upper bits 110 -> 0xED, 0x00.
-    assert encode_positions([5, 13], 16, Codec.ELIAS_FANO) == bytes([Codec.ELIAS_FANO, 2, 0x6D, 0x01])
+    assert encode_positions([5, 13], 16, Codec.ELIAS_FANO, checked=False) == bytes([Codec.ELIAS_FANO, 2, 0x6D, 0x01])
     # n=5, k=2, l=1: [0, 4] is low bits 0 0, upper bits at 0 and 2 + 1 -> 0x24; 0x26 sets the low bit of 4.
-    assert encode_positions([0, 4], 5, Codec.ELIAS_FANO) == bytes([Codec.ELIAS_FANO, 2, 0x24])
+    assert encode_positions([0, 4], 5, Codec.ELIAS_FANO, checked=False) == bytes([Codec.ELIAS_FANO, 2, 0x24])
 
 
 @pytest.mark.parametrize(
@@ -378,7 +437,7 @@ def test_random_bytes_raise_or_decode_canonically(tag: int, payload: bytes, n: i
 def test_mutated_encodings_raise_or_decode_canonically(case: tuple[int, np.ndarray], data: st.DataObject) -> None:
     n, idx = case
     codec = data.draw(st.sampled_from(_applicable(idx, n)))
-    encoded = bytearray(encode_positions(idx, n, codec))
+    encoded = bytearray(encode_positions(idx, n, codec, checked=False))
     op = data.draw(st.sampled_from(["flip", "insert", "delete", "set"]))
     pos = data.draw(st.integers(0, len(encoded) - 1))
     if op == "flip":
@@ -433,9 +492,9 @@ def test_real_squad_contexts_at_75_percent_retention() -> None:
         for name, kept in sets.items():
             data = encode_positions(kept, n)
             np.testing.assert_array_equal(decode_positions(data, n), kept)
-            assert len(data) <= math.ceil(n / 8) + 2
+            assert len(data) <= math.ceil(n / 8) + 2 + CHECK_BYTES
             ratios[name].append(study_bytes(k) / len(data))
-            winners[name][Codec(data[0]).name] += 1
+            winners[name][Codec(data[0] & ~CHECKED).name] += 1
     medians = {name: float(np.median(values)) for name, values in ratios.items()}
     print(
         f"\nSQuAD v2 dev (packaged sample), {len(contexts)} contexts, whitespace tokens, 75 % kept: "

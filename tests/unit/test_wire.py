@@ -328,6 +328,12 @@ SIGNED_EDITS: dict[str, Callable[[bytes], bytes]] = {
     "float shape": _edit(_set(("positions", "shape"), [5.0])),
     "bool shape": _edit(_set(("k.1.codes", "shape"), [True])),
     "wrong dtype": _edit(_set(("k.1.scale", "dtype"), "F32")),
+    # issue 22: header fields of the wrong JSON type were TypeErrors (unhashable), not BlobErrors
+    "list layer dtype": _edit(_set(("layers", 0, "k", "dtype"), [])),
+    "dict layer dtype": _edit(_set(("layers", 1, "v", "dtype"), {})),
+    "list layer axis": _edit(_set(("layers", 1, "k", "axis"), ["token"])),
+    "null layer dtype": _edit(_set(("layers", 0, "v", "dtype"), None)),
+    "list tensor dtype": _edit(_set(("k.1.scale", "dtype"), ["F16"])),
     "unknown dtype": _edit(_set(("k.0.raw", "dtype"), "F8_E4M3")),
     "layer bits": _edit(_set(("layers", 1, "bits"), 8)),
     "layer bits 3": _edit(_set(("layers", 1, "bits"), 3)),

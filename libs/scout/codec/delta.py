@@ -23,6 +23,7 @@ order-0 sizes CacheGen's arithmetic coder aims at) lives in `scout.codec.entropy
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -53,7 +54,7 @@ from scout.codec.quant import (
     layer_bits,
     quantize,
 )
-from scout.codec.wire import DEFAULT_MAX_BYTES, BlobError, decode_blob, encode_blob
+from scout.codec.wire import DEFAULT_MAX_BYTES, MAX_SEQ, BlobError, decode_blob, encode_blob
 from scout.kvcache import KVCache
 
 DEFAULT_GROUP = 10
@@ -61,6 +62,7 @@ DEFAULT_GROUP = 10
 DELTA_MAGIC = b"SKVDELT1"
 """First 8 bytes of a delta frame: magic and frame version 1."""
 _META_PREFIX = "delta."
+_GROUP_RE = re.compile(r"[1-9][0-9]{0,18}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,8 +317,19 @@ def decode_delta_blob(
     expected_fingerprint: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DeltaCache:
-    """Validate and decode a delta frame; every failure is a BlobError (the wire format's error type)."""
-    view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    """Validate and decode a delta frame; every failure is a BlobError (the wire format's error type).
+
+    Each part passes the wire format's full validation; then the frame's own fields are checked before anything
+    is sized from them: the group length is a strict decimal in [2, MAX_SEQ] (a group of 2**64 behind a valid
+    checksum was an OverflowError, issue 22), and keys *and* values of both parts must agree on heads and head
+    dims (values were not compared, so a frame with another value head_dim was accepted and crashed in decode).
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise BlobError(f"a delta frame must be bytes-like, got {type(data).__name__}")
+    try:
+        view = memoryview(data).cast("B")
+    except TypeError as e:  # a non-contiguous or multi-dimensional buffer
+        raise BlobError(f"a delta frame must be a contiguous byte buffer: {e}") from None
     if view.nbytes > max_bytes:
         raise BlobError(f"delta frame of {view.nbytes} bytes exceeds the limit of {max_bytes}")
     head = len(DELTA_MAGIC) + 8
@@ -332,14 +345,16 @@ def decode_delta_blob(
     if anchors.meta.get(f"{_META_PREFIX}part") != "anchors" or deltas.meta.get(f"{_META_PREFIX}part") != "deltas":
         raise BlobError("delta frame: parts are not (anchors, deltas)")
     group_text = anchors.meta.get(f"{_META_PREFIX}group", "")
-    if group_text != deltas.meta.get(f"{_META_PREFIX}group") or not group_text.isdigit():
+    if group_text != deltas.meta.get(f"{_META_PREFIX}group") or not _GROUP_RE.fullmatch(group_text):
         raise BlobError("delta frame: missing or inconsistent group length")
+    if int(group_text) > MAX_SEQ:
+        raise BlobError(f"delta frame: group length {group_text} exceeds {MAX_SEQ}")
     if anchors.orig_seq_len != deltas.orig_seq_len:
         raise BlobError("delta frame: parts disagree on the original sequence length")
     try:
         dc = DeltaCache(anchors.cache, deltas.cache, int(group_text), anchors.orig_seq_len)
         _check_group(dc.group)
-        if any(layer_bits(t) == 16 for t in dc.deltas.keys):
+        if any(layer_bits(t) == 16 for t in (*dc.deltas.keys, *dc.deltas.values)):
             raise ValueError("deltas must be quantized")
         _check_delta(dc)
     except ValueError as e:
@@ -369,10 +384,12 @@ def _check_delta(dc: DeltaCache) -> tuple[torch.Tensor, _Layout]:
     lay = _layout(seq, dc.group)
     if not torch.equal(rank[:na], lay.anchors) or not torch.equal(rank[na:], lay.others):
         raise ValueError("anchor positions do not match the group layout")
-    for i, (ak, dk) in enumerate(zip(dc.anchors.keys, dc.deltas.keys, strict=True)):
-        a_shape, d_shape = _shape(ak), _shape(dk)
-        if a_shape[0] != d_shape[0] or a_shape[2] != d_shape[2]:
-            raise ValueError(f"layer {i}: anchor and delta tensors disagree on heads or head_dim")
+    parts = zip(dc.anchors.keys, dc.deltas.keys, dc.anchors.values, dc.deltas.values, strict=True)
+    for i, (ak, dk, av, dv) in enumerate(parts):
+        for kind, a_t, d_t in (("key", ak, dk), ("value", av, dv)):
+            a_shape, d_shape = _shape(a_t), _shape(d_t)
+            if a_shape[0] != d_shape[0] or a_shape[2] != d_shape[2]:
+                raise ValueError(f"layer {i}: anchor and delta {kind}s disagree on heads or head_dim")
     return merged, lay
 
 

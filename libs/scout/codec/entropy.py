@@ -22,6 +22,7 @@ from scout.codec.wire import DEFAULT_MAX_BYTES, BlobError
 from scout.kvcache import KVCache
 
 ZSTD_LEVEL = 3
+_FEED = 1024
 MAX_ZSTD_LEVEL = 22
 
 
@@ -37,6 +38,8 @@ def decompress_blob(data: bytes | bytearray | memoryview, *, max_bytes: int = DE
     trailing bytes (BlobError), so a small hostile frame cannot make the decoder allocate gigabytes."""
     import zstandard
 
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise BlobError(f"a zstd frame must be bytes-like, got {type(data).__name__}")
     raw = bytes(data)
     try:
         size = zstandard.frame_content_size(raw)
@@ -46,13 +49,26 @@ def decompress_blob(data: bytes | bytearray | memoryview, *, max_bytes: int = DE
         raise BlobError("zstd frame does not declare its content size")
     if size > max_bytes:
         raise BlobError(f"zstd frame declares {size} bytes, over the limit of {max_bytes}")
+    # Streamed in small input slices, so memory follows the bytes the frame really produces: a one-shot
+    # decompress allocates the *declared* size up front, so a 20-byte frame declaring 500 MB cost 500 MB (found by
+    # the issue 22 fuzzer). A slice of _FEED bytes expands to at most ~_FEED/4 blocks of 128 KiB.
+    dobj = zstandard.ZstdDecompressor().decompressobj()
+    chunks: list[bytes] = []
+    total = 0
     try:
-        out = zstandard.ZstdDecompressor().decompress(raw, max_output_size=max_bytes, allow_extra_data=False)
+        for start in range(0, len(raw), _FEED):
+            if dobj.eof:
+                raise BlobError("trailing bytes after the zstd frame")
+            piece = dobj.decompress(raw[start : start + _FEED])
+            total += len(piece)
+            if total > size:
+                raise BlobError(f"zstd frame holds more than the {size} bytes it declares")
+            chunks.append(piece)
     except zstandard.ZstdError as e:
         raise BlobError(f"corrupt zstd frame: {e}") from None
-    if len(out) != size:
-        raise BlobError("zstd frame content size mismatch")
-    return out
+    if not dobj.eof or dobj.unused_data or total != size:
+        raise BlobError("zstd frame is truncated, has trailing bytes, or does not hold its declared size")
+    return b"".join(chunks)
 
 
 @dataclass

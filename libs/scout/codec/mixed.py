@@ -17,6 +17,7 @@ is refused on load (`PlanFingerprintError`), because layer indices mean nothing 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -31,6 +32,7 @@ from scout.codec.quant import (
     quantize_cache,
     study_spec,
 )
+from scout.codec.wire import MAX_LAYERS
 from scout.kvcache import KVCache
 
 __all__ = [
@@ -49,6 +51,12 @@ __all__ = [
 
 PLAN_FORMAT = "scout-bitplan"
 PLAN_VERSION = 1
+MAX_PLAN_BYTES = 16 * 1024 * 1024
+"""Largest plan file read (calibration evidence included; real plans are tens of KB)."""
+MAX_PLAN_LAYERS = MAX_LAYERS
+"""A plan may claim no more layers than a blob may carry: checked before any per-layer list is built, because a
+300-byte plan claiming 10**8 layers took 10 s and 1 GB to reject (issue 22)."""
+_LAYER_KEY_RE = re.compile(r"0|[1-9][0-9]{0,5}")
 
 
 class PlanFormatError(ValueError):
@@ -147,8 +155,9 @@ class MixedPlan:
             raise PlanFormatError("plan document must be a JSON object")
         if obj.get("format") != PLAN_FORMAT:
             raise PlanFormatError(f"not a {PLAN_FORMAT} document (format {str(obj.get('format'))[:40]!r})")
-        if obj.get("version") != PLAN_VERSION:
-            raise PlanFormatError(f"unsupported plan version {obj.get('version')!r}; this reader knows {PLAN_VERSION}")
+        version = obj.get("version")
+        if type(version) is not int or version != PLAN_VERSION:
+            raise PlanFormatError(f"unsupported plan version {str(version)[:20]!r}; this reader knows {PLAN_VERSION}")
         model, plan, quant = obj.get("model"), obj.get("plan"), obj.get("quant")
         if not isinstance(model, dict) or not isinstance(model.get("fingerprint"), str):
             raise PlanFormatError("model.fingerprint missing")
@@ -158,13 +167,17 @@ class MixedPlan:
                 f"not {expected_fingerprint}"
             )
         num_layers = model.get("num_layers")
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-            raise PlanFormatError("model.num_layers must be a positive integer")
+        if type(num_layers) is not int or not 1 <= num_layers <= MAX_PLAN_LAYERS:
+            raise PlanFormatError(f"model.num_layers must be an integer in [1, {MAX_PLAN_LAYERS}]")
+        if not isinstance(model.get("name", ""), str):
+            raise PlanFormatError("model.name must be a string")
         if not isinstance(plan, dict) or set(plan) != {"default", "overrides", "per_layer"}:
             raise PlanFormatError("plan: expected keys default, overrides, per_layer")
         overrides = plan["overrides"]
-        if not isinstance(overrides, dict) or not all(isinstance(k, str) and k.isdigit() for k in overrides):
+        if not isinstance(overrides, dict) or not all(_LAYER_KEY_RE.fullmatch(k) for k in overrides):
             raise PlanFormatError("plan.overrides must map layer numbers (strings of digits) to bits")
+        if len(overrides) > num_layers:
+            raise PlanFormatError(f"plan.overrides names {len(overrides)} layers of {num_layers}")
         try:
             bitplan = BitPlan(plan["default"], {int(k): v for k, v in overrides.items()})
             per_layer = bitplan.per_layer(num_layers)
@@ -175,14 +188,19 @@ class MixedPlan:
         evidence = obj.get("evidence", {})
         if not isinstance(evidence, dict):
             raise PlanFormatError("evidence must be a JSON object")
-        return cls(
-            plan=bitplan,
-            spec=spec_from_json(quant),
-            model_fingerprint=model["fingerprint"],
-            num_layers=num_layers,
-            model_name=str(model.get("name") or ""),
-            evidence=evidence,
-        )
+        try:
+            return cls(
+                plan=bitplan,
+                spec=spec_from_json(quant),
+                model_fingerprint=model["fingerprint"],
+                num_layers=num_layers,
+                model_name=model.get("name") or "",
+                evidence=evidence,
+            )
+        except PlanFormatError:
+            raise
+        except ValueError as e:  # MixedPlan's own checks (an empty fingerprint)
+            raise PlanFormatError(str(e)) from None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -197,10 +215,35 @@ class MixedPlan:
         `expected_fingerprint` is required on purpose: pass the model's `spec.fingerprint`, or None explicitly
         to inspect a file without a model.
         """
+        path = Path(path)
+        with path.open("rb") as f:
+            data = f.read(MAX_PLAN_BYTES + 1)
         try:
-            obj = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls.loads(data, expected_fingerprint=expected_fingerprint)
+        except PlanFingerprintError:
+            raise
+        except PlanFormatError as e:
+            raise PlanFormatError(f"{path}: {e}") from None
+
+    @classmethod
+    def loads(cls, data: bytes | str, *, expected_fingerprint: str | None) -> MixedPlan:
+        """Parse a plan document from its bytes; every failure is a PlanFormatError (or PlanFingerprintError).
+
+        Hostile files are expected (a plan is a path on a command line or in a config): the size is checked
+        before parsing, and bad UTF-8, nesting too deep for the parser and integers too long to convert are
+        PlanFormatErrors, not the UnicodeDecodeError / RecursionError / ValueError that json raises (issue 22).
+        """
+        if not isinstance(data, bytes | str):
+            raise PlanFormatError(f"a plan document is bytes or text, got {type(data).__name__}")
+        if len(data) > MAX_PLAN_BYTES:
+            raise PlanFormatError(f"plan document exceeds {MAX_PLAN_BYTES} bytes")
+        try:
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
+            obj = json.loads(text)
         except json.JSONDecodeError as e:
-            raise PlanFormatError(f"{path}: not JSON ({e.msg})") from None
+            raise PlanFormatError(f"not JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError, the int-digit limit, deep nesting
+            raise PlanFormatError(f"not a readable JSON document ({type(e).__name__})") from None
         return cls.from_json(obj, expected_fingerprint=expected_fingerprint)
 
 

@@ -41,7 +41,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -323,6 +323,14 @@ def _json_int(value: Any, what: str, lo: int = 0, hi: int = MAX_SEQ) -> int:
     return value
 
 
+def _json_choice(value: Any, allowed: Collection[str], what: str) -> str:
+    """A JSON string from a fixed set. The type is checked first: a list or object (unhashable) from a hostile
+    header must be a BlobError, not the TypeError that a set or dict lookup would raise (issue 22)."""
+    if not isinstance(value, str) or value not in allowed:
+        raise BlobError(f"{what}: expected one of {sorted(allowed)}, got {str(value)[:40]!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class _TensorLayout:
     shape: tuple[int, int, int]
@@ -345,16 +353,14 @@ def _parse_tensor_info(obj: Any, bits: int, seq: int, where: str) -> _TensorLayo
     dim = _json_int(shape[2], f"{where} head_dim", 0, MAX_HEADS_OR_DIM)
     if s != seq:
         raise BlobError(f"{where}: seq {s} but {seq} cached tokens")
-    if obj["dtype"] not in DTYPES:
-        raise BlobError(f"{where}: unknown dtype {obj['dtype']!r}")
+    dtype = _json_choice(obj["dtype"], DTYPES, f"{where} dtype")
     if bits == 16:
-        return _TensorLayout((heads, s, dim), obj["dtype"], 16)
-    if obj["axis"] not in ("token", "channel"):
-        raise BlobError(f"{where}: unknown axis {obj['axis']!r}")
+        return _TensorLayout((heads, s, dim), dtype, 16)
+    axis = _json_choice(obj["axis"], ("token", "channel"), f"{where} axis")
     if not isinstance(obj["sym"], bool):
         raise BlobError(f"{where}: sym must be a boolean")
     group = _json_int(obj["group"], f"{where} group", 1, MAX_GROUP_SIZE)
-    return _TensorLayout((heads, s, dim), obj["dtype"], bits, obj["axis"], group, obj["sym"])
+    return _TensorLayout((heads, s, dim), dtype, bits, axis, group, obj["sym"])
 
 
 def _expected_tensors(prefix: str, t: _TensorLayout) -> dict[str, tuple[str, tuple[int, ...]]]:

@@ -368,9 +368,9 @@ def positions_size_model(message_bytes: int = 0) -> SizeModel:
     """
     import numpy as np
 
-    from scout.positions import encoded_size
+    from scout.positions import CHECK_BYTES, encoded_size
 
-    model = SizeModel(size_basis="context", bytes_per_context_token=0.125, fixed_bytes=1 + message_bytes)
+    model = SizeModel(size_basis="context", bytes_per_context_token=0.125, fixed_bytes=1 + CHECK_BYTES + message_bytes)
     for n in (1, 7, 8, 9, 1000, 1024, 4099):
         bitmap = encoded_size(np.arange(0, n, 2), n)["bitmap"]
         if model.size_bytes(n) - message_bytes != bitmap:

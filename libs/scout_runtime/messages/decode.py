@@ -116,7 +116,9 @@ class DecodeRequest(Message):
         if data is None:
             raise BadRequest(f"mode {self.mode} carries no position set", request_id=self.request_id)
         try:
-            return decode_positions(data, self.context_tokens, max_n=max_n or DEFAULT_LIMITS.max_context_tokens)
+            return decode_positions(
+                data, self.context_tokens, max_n=max_n or DEFAULT_LIMITS.max_context_tokens, require_checksum=True
+            )
         except PositionSetError as e:
             raise BadRequest(f"invalid position set: {e}", request_id=self.request_id) from None
 
