@@ -92,7 +92,9 @@ def fuzz_command(
     corpus: Annotated[Path, typer.Option(help="saved corpus: read as seeds, untyped inputs added")] = Path(
         "tests/fuzz/corpus"
     ),
-    resume: Annotated[bool, typer.Option(help="keep targets already done in OUT/results.json")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="keep finished targets of OUT/results.json (named --target ones run again)")
+    ] = False,
 ) -> None:
     """Fuzz every parser (wire blobs, delta and zstd frames, position sets, plan files, every bus message, trace
     CSVs, dataset JSONL) from mutations of valid encodings; counts per outcome, inputs/s; JSON + Markdown + PNG."""
@@ -122,7 +124,8 @@ def fuzz_command(
     if resume and previous.exists():
         old = json.loads(previous.read_text())
         if (old.get("engine"), old.get("seed"), old.get("inputs_per_target")) == (engine, seed, inputs):
-            report["targets"] = {k: v for k, v in old["targets"].items() if k in names}
+            # Every finished target stays in the report; a target named with --target runs again (after a fix).
+            report["targets"] = {k: v for k, v in old["targets"].items() if not target or k not in names}
     report["machine"] = machine_info(load_average=True)
     started = time.perf_counter()
     with Progress(console=console) as bar:
