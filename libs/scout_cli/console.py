@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console()
+console = Console(soft_wrap=True)  # long paths and hints stay on one line in logs (tables: print_table)
 err = Console(stderr=True, soft_wrap=True)
 
 

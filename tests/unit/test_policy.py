@@ -242,7 +242,7 @@ def test_codec_sizes_match_the_codec_exactly(layers: int, heads: int, dim: int) 
 
 def test_scout_size_bounds_the_real_position_codec() -> None:
     from scout.policy.operating_points import positions_size_model
-    from scout.positions import encode_positions
+    from scout.positions import CHECK_BYTES, encode_positions
 
     model = positions_size_model(message_bytes=40)
     assert model.size_bytes(100, 0.5, extra_tokens=30) == model.size_bytes(100, 0.5)  # positions index the context
@@ -256,7 +256,7 @@ def test_scout_size_bounds_the_real_position_codec() -> None:
             clustered = np.arange(k)
             for kept in (scattered, clustered):
                 assert len(encode_positions(kept, n)) + 40 <= model.size_bytes(n, retention)
-        assert model.size_bytes(n) == 40 + 1 + math.ceil(n / 8)
+        assert model.size_bytes(n) == 40 + 1 + CHECK_BYTES + math.ceil(n / 8)  # tag, CRC, bitmap
 
 
 # ----------------------------------------------------------------------------------------------------------------
