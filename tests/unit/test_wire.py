@@ -14,6 +14,7 @@ import json
 import random
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -23,6 +24,7 @@ import safetensors.torch
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from xxhash import xxh3_128_hexdigest
 
 from scout.codec import wire
 from scout.codec.quant import BitPlan, QuantizedTensor, QuantSpec, dequantize_cache, quantize_cache
@@ -61,15 +63,24 @@ def _split(blob: bytes) -> tuple[dict[str, Any], bytes]:
     return json.loads(blob[8 : 8 + n]), blob[8 + n :]
 
 
+def _canon(h: Any) -> bytes:
+    return json.dumps(h, sort_keys=True, separators=(",", ":")).encode()
+
+
 def _resign(header: dict[str, Any], payload: bytes, *, pad: bool = True) -> bytes:
-    """Build a blob from a header dict, with the checksum the format defines (canonical header sans sha256 +
-    payload). Used to forge *validly signed* but structurally wrong blobs."""
-    meta = dict(header.get("__metadata__", {}))
-    meta.pop("sha256", None)
-    unsigned = {**header, "__metadata__": meta}
-    canon = lambda h: json.dumps(h, sort_keys=True, separators=(",", ":")).encode()  # noqa: E731
-    digest = hashlib.sha256(canon(unsigned) + payload).hexdigest()
-    head = canon({**header, "__metadata__": {**meta, "sha256": digest}})
+    """Build a blob from a header dict, with the checksums the format defines. Version "1": SHA-256 of (canonical
+    header sans sha256) + payload. Otherwise v2: XXH3-128 of each `xxh3_chunk`-byte chunk of the payload (hex,
+    concatenated), then of the canonical header sans xxh3_header. Used to forge *validly signed* but structurally
+    wrong blobs."""
+    meta = {k: v for k, v in header.get("__metadata__", {}).items() if k not in ("sha256", "xxh3_header")}
+    if meta.get("version") == "1":
+        meta["sha256"] = hashlib.sha256(_canon({**header, "__metadata__": meta}) + payload).hexdigest()
+    else:
+        chunk = int(meta.get("xxh3_chunk", "1048576"))
+        chunks = [payload[at : at + chunk] for at in range(0, len(payload), chunk)]
+        meta["xxh3_chunks"] = "".join(xxh3_128_hexdigest(c) for c in chunks)
+        meta["xxh3_header"] = xxh3_128_hexdigest(_canon({**header, "__metadata__": meta}))
+    head = _canon({**header, "__metadata__": meta})
     if pad:
         head += b" " * (-len(head) % 8)
     return struct.pack("<Q", len(head)) + head + payload
@@ -82,13 +93,13 @@ def _fails(data: object, *, materializes: bool = False, **kwargs: Any) -> BlobEr
     check means the same on a loaded machine.) `materializes=True` is for the content checks that can only run on
     loaded tensors (positions, scales, zero points)."""
     loads: list[str] = []
-    real_load = wire._load
+    real_view = wire._view
 
-    def counting_load(view: memoryview, start: int, st_dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    def counting_view(buf: memoryview, start: int, address: int, st_dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
         loads.append(st_dtype)
-        return real_load(view, start, st_dtype, shape)
+        return real_view(buf, start, address, st_dtype, shape)
 
-    with mock.patch.object(wire, "_load", counting_load):
+    with mock.patch.object(wire, "_view", counting_view):
         try:
             decode_blob(data, **kwargs)  # type: ignore[arg-type]
         except BlobError as e:
@@ -124,7 +135,7 @@ def test_roundtrip_every_mode(bits: int, axes: tuple[str, str], symmetric: bool)
     qc = quantize_cache(kv, bits, spec)
     blob = encode_blob(qc, model_fingerprint=FP, meta={"request": "r-1"})
     out = decode_blob(blob, expected_fingerprint=FP)
-    assert out.model_fingerprint == FP and out.version == 1 and out.meta == {"request": "r-1"}
+    assert out.model_fingerprint == FP and out.version == 2 and out.meta == {"request": "r-1"}
     assert out.orig_seq_len == 45 and torch.equal(out.positions, kv.positions)
     for a, b in zip(qc.keys + qc.values, out.cache.keys + out.cache.values, strict=True):
         _assert_same(a, b)
@@ -187,7 +198,7 @@ def test_is_a_valid_safetensors_file(tmp_path: Any) -> None:
     path.write_bytes(blob)
     with safetensors.safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    assert meta["format"] == FORMAT and meta["version"] == "1" and meta["model"] == FP
+    assert meta["format"] == FORMAT and meta["version"] == "2" and meta["model"] == FP
     assert json.loads(meta["layers"])[1] == {
         "bits": 16,
         "k": {"shape": [2, 40, 32], "dtype": "bfloat16"},
@@ -254,9 +265,9 @@ def _keep_sha(header: dict[str, Any], payload: bytes) -> bytes:
 @pytest.mark.parametrize("resign", [False, True])
 def test_unknown_version_is_named(small_blob: bytes, resign: bool) -> None:
     header, payload = _split(small_blob)
-    header["__metadata__"]["version"] = "2"
+    header["__metadata__"]["version"] = "3"
     err = _fails(_resign(header, payload) if resign else _keep_sha(header, payload))
-    assert isinstance(err, BlobVersionError) and err.version == "2" and "'2'" in str(err)
+    assert isinstance(err, BlobVersionError) and err.version == "3" and "'3'" in str(err)
 
 
 def test_wrong_magic(small_blob: bytes) -> None:
@@ -520,3 +531,103 @@ def test_fuzz_mutations_of_a_valid_blob(small_blob: bytes, data: st.DataObject) 
     if bytes(blob) == small_blob:
         return
     _fails(bytes(blob))
+
+
+# --- wire v2: per-tensor checksums, v1 still read, zero-copy views -----------------------------------------
+def test_a_flipped_bit_in_any_tensor_is_caught_and_named() -> None:
+    """With 4 KiB chunks (the smallest allowed) a flip is pinned to its chunk, and the error names its tensors."""
+    qc = quantize_cache(_cache(seq=64), BitPlan(4, {0: 16, 2: 8}))
+    blob = encode_blob(qc, model_fingerprint=FP, chunk_bytes=4096)
+    header, payload = _split(blob)
+    assert len(header["__metadata__"]["xxh3_chunks"]) == 32 * -(-len(payload) // 4096) > 32
+    start = len(blob) - len(payload)
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        for at in (begin, (begin + end) // 2, end - 1):
+            corrupt = bytearray(blob)
+            corrupt[start + at] ^= 0x04
+            err = _fails(bytes(corrupt))
+            lo = at // 4096 * 4096
+            assert isinstance(err, BlobChecksumError) and name in str(err) and f"bytes [{lo}, " in str(err)
+
+
+def test_chunk_digests_and_size_are_checked(small_blob: bytes) -> None:
+    header, payload = _split(small_blob)
+    meta = header["__metadata__"]
+    digests = meta["xxh3_chunks"]
+    meta["xxh3_chunks"] = ("0" if digests[0] != "0" else "1") + digests[1:]
+    err = _fails(_keep_sha(header, payload))
+    assert isinstance(err, BlobChecksumError) and "header" in str(err)  # the header digest covers the claims
+    for edit in ({"xxh3_chunks": digests * 2}, {"xxh3_chunks": digests[:31]}, {"xxh3_chunks": digests.upper()}):
+        header, payload = _split(small_blob)
+        meta = {k: v for k, v in header["__metadata__"].items() if k != "xxh3_header"} | edit
+        meta["xxh3_header"] = xxh3_128_hexdigest(_canon({**header, "__metadata__": meta}))  # header signed, runs not
+        assert not isinstance(_fails(_keep_sha({**header, "__metadata__": meta}, payload)), BlobChecksumError)
+    header, payload = _split(small_blob)
+    header["__metadata__"]["xxh3_chunk"] = "4095"
+    assert "xxh3_chunk" in str(_fails(_resign(header, payload)))
+    with pytest.raises(ValueError):
+        encode_blob(_cache(), model_fingerprint=FP, chunk_bytes=1024)
+
+
+FIXTURES_V1 = Path(__file__).resolve().parents[1] / "fixtures" / "wire_v1"
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.contiguous()
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
+
+
+def _digests(out: wire.DecodedBlob) -> dict[str, str]:
+    """SHA-256 of each decoded layer tensor's parts, of the dequantized cache and of the positions: the form the
+    v1 decoder's output was recorded in (tests/fixtures/wire_v1/expected.json, written by the v1 code)."""
+    found: dict[str, str] = {}
+    for side, layers in (("k", out.cache.keys), ("v", out.cache.values)):
+        for i, t in enumerate(layers):
+            parts = (
+                [t.codes, t.scale, *([t.zero] if t.zero is not None else [])] if isinstance(t, QuantizedTensor) else [t]
+            )
+            found[f"{side}.{i}"] = hashlib.sha256(b"".join(_tensor_bytes(p) for p in parts)).hexdigest()
+    kv = out.kvcache()
+    found["dequantized"] = hashlib.sha256(b"".join(_tensor_bytes(t) for t in kv.keys + kv.values)).hexdigest()
+    found["positions"] = hashlib.sha256(_tensor_bytes(out.cache.positions)).hexdigest()
+    return found
+
+
+@pytest.mark.parametrize("name", ["mixed_kivi", "int4_study_f16"])
+def test_version_1_blobs_still_decode_bit_identically(name: str) -> None:
+    """Blobs written by the v1 (SHA-256) encoder decode to exactly what the v1 decoder returned, and re-encoding
+    them as v2 changes nothing but the checksums."""
+    expected = json.loads((FIXTURES_V1 / "expected.json").read_text())[name]
+    blob = (FIXTURES_V1 / f"{name}.bin").read_bytes()
+    assert len(blob) == expected["bytes"] and peek_header(blob)["__metadata__"]["version"] == "1"
+    old = decode_blob(blob, expected_fingerprint="fixture@v1")
+    assert old.version == 1 and old.meta == expected["meta"] and old.orig_seq_len == expected["orig_seq_len"]
+    assert _digests(old) == expected["digests"]
+    again = decode_blob(encode_blob(old.cache, model_fingerprint="fixture@v1", original_seq_len=old.orig_seq_len))
+    assert again.version == 2 and _digests(again) == expected["digests"]
+    corrupt = bytearray(blob)
+    corrupt[-3] ^= 0x01
+    assert isinstance(_fails(bytes(corrupt)), BlobChecksumError)
+
+
+def _inside(t: torch.Tensor, buf: bytearray) -> bool:
+    """Whether the tensor's memory lies in `buf` (a view over it, not a copy)."""
+    start = torch.frombuffer(buf, dtype=torch.uint8).data_ptr()
+    return start <= t.data_ptr() < start + len(buf)
+
+
+def test_decode_views_a_writable_buffer_and_never_aliases_bytes() -> None:
+    qc = quantize_cache(_cache(), BitPlan(4, {0: 16, 2: 8}))
+    blob = encode_blob(qc, model_fingerprint=FP)
+    buf = bytearray(blob)
+    out = decode_blob(buf)
+    k0, k1 = out.cache.keys[0], out.cache.keys[1]
+    assert isinstance(k0, torch.Tensor) and isinstance(k1, QuantizedTensor)
+    assert _inside(k0, buf) and _inside(k1.codes, buf) and _inside(k1.scale, buf)
+    assert torch.equal(k0, qc.keys[0])  # type: ignore[arg-type]
+    frozen = decode_blob(blob)
+    frozen.cache.keys[0].zero_()  # type: ignore[union-attr]
+    assert decode_blob(blob).cache.keys[0].equal(qc.keys[0])  # type: ignore[union-attr,arg-type]

@@ -1,11 +1,11 @@
-"""The one blob format for every KV mode (bf16, INT8/4/2, mixed, selected positions): "scout-kv", v1.
+"""The one blob format for every KV mode (bf16, INT8/4/2, mixed, selected positions): "scout-kv", v2 (v1 read).
 
 Container: safetensors (8-byte little-endian header length N, N bytes of JSON header, then the raw
 little-endian tensor payload). It executes no code on load, every Hugging Face tool can open it, and its
 `__metadata__` map (string -> string) carries Scout's own fields:
 
     format        "scout-kv"
-    version       "1"
+    version       "2" (this writer); "1" is still read
     model         fingerprint of the model the cache was computed with (decoding elsewhere is an error)
     num_layers    layer count
     seq_len       number of cached (kept) tokens
@@ -14,33 +14,46 @@ little-endian tensor payload). It executes no code on load, every Hugging Face t
                   T = {"shape": [h, s, d], "dtype": "bfloat16"|"float16"|"float32"} for bits 16, and
                   additionally {"axis": "token"|"channel", "group": G, "sym": bool} for bits 2/4/8
     user          JSON object of caller metadata (string -> string)
-    sha256        hex SHA-256 of (canonical JSON of the whole header without this field) + (payload)
+    xxh3_chunk    chunk size in bytes, 1 MiB by default (v2)
+    xxh3_chunks   hex XXH3-128 of each consecutive chunk of the payload, concatenated (v2)
+    xxh3_header   hex XXH3-128 of the canonical JSON of the whole header without this field (v2)
+    sha256        v1 only, instead of the two above: hex SHA-256 of (canonical header without it) + (payload)
 
 Tensors: `k.{l}.codes` (U8, packed), `k.{l}.scale` (F16), `k.{l}.zero` (F16, asymmetric only), likewise
 `v.{l}.*`; `k.{l}.raw` / `v.{l}.raw` (BF16/F16/F32) for 16-bit layers; `positions` (I32, the original
 position id of each cached token: the cache may be pruned).
 
-Why the checksum covers the header too: over the payload alone, a flipped bit in the header (a bit width,
-an axis, the position count, the fingerprint) would decode silently into a different cache. The header is
-hashed in a canonical form (sorted keys, no whitespace), so the check does not depend on how a writer
-formatted its JSON.
+Why XXH3 (version 2) rather than SHA-256 (version 1): the checksum guards integrity against corruption, not
+authenticity (that is TLS and the bus/store credentials: whoever can rewrite a blob can rewrite its SHA-256 too).
+SHA-256 runs at about 0.6 GB/s on one core and capped encoding there; XXH3-128 runs at memory speed. Each
+chunk of the payload has its own digest, so a flipped bit anywhere is caught and the error names the byte range
+and the tensors in it; see `scout.codec.checksum`.
+
+Why a checksum covers the header too: over the payload alone, a flipped bit in the header (a bit width,
+an axis, the position count, the fingerprint, a chunk digest) would decode silently into a different cache.
+The header is hashed in a canonical form (sorted keys, no whitespace), so the check does not depend on how a
+writer formatted its JSON.
 
 Decoding trusts nothing: the size limit is checked before parsing, the header length before reading the
 header, then the JSON's exact shape (no duplicate keys, no floats, no NaN), the magic and version, every
-tensor's dtype, shape and byte range against the metadata *and* the buffer length, then the checksum; only
-then is anything allocated, and positions and scales are validated after. Tensors are read with
-`numpy.frombuffer` from the validated offsets rather than `safetensors.torch.load`: one parser (ours) decides
-what is accepted, every failure is a `BlobError` instead of a library-specific exception, and each tensor is
-copied exactly once. The blob stays a valid safetensors file (the tests open it with safetensors itself).
+tensor's dtype, shape and byte range against the metadata *and* the buffer length, then the checksums; only
+then is any tensor made, and positions and scales are validated after. Tensors are views made with
+`torch.frombuffer` at the validated offsets rather than `safetensors.torch.load`: one parser (ours) decides
+what is accepted, every failure is a `BlobError` instead of a library-specific exception, and nothing is copied
+per tensor. A writable buffer (bytearray, writable memoryview) is viewed in place, so the decoded tensors alias
+it (the caller hands the buffer over); a read-only one (bytes) is copied once, whole, so no tensor can write
+into an immutable object. A tensor whose offset is not aligned to its element size, or any tensor on a
+big-endian host, is copied instead. The blob stays a valid safetensors file (the tests open it with
+safetensors itself).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
 import struct
+import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +61,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scout.codec import checksum
 from scout.codec.quant import (
     DTYPES,
     MAX_GROUP_SIZE,
@@ -62,7 +76,10 @@ from scout.codec.quant import (
 from scout.kvcache import KVCache
 
 FORMAT = "scout-kv"
-VERSION = 1
+VERSION = 2
+"""The version this writer produces."""
+READ_VERSIONS = (1, 2)
+"""The versions this reader accepts: v1 (SHA-256) blobs from older writers still decode."""
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 MAX_LAYERS = 4096
@@ -70,9 +87,11 @@ MAX_HEADS_OR_DIM = 1 << 16
 MAX_SEQ = (1 << 31) - 1
 """Positions travel as int32, so no sequence may be longer than this."""
 
-_META_KEYS = frozenset(
-    {"format", "version", "model", "num_layers", "seq_len", "orig_seq_len", "layers", "user", "sha256"}
-)
+_COMMON_KEYS = frozenset({"format", "version", "model", "num_layers", "seq_len", "orig_seq_len", "layers", "user"})
+_META_KEYS = {
+    1: _COMMON_KEYS | {checksum.SHA_KEY},
+    2: _COMMON_KEYS | {checksum.HEADER_KEY, checksum.CHUNK_KEY, checksum.CHUNKS_KEY},
+}
 # safetensors dtype -> (torch dtype, little-endian numpy dtype of the same width holding the bits)
 _ST_TYPES: dict[str, tuple[torch.dtype, str]] = {
     "BF16": (torch.bfloat16, "<i2"),
@@ -93,12 +112,12 @@ class BlobVersionError(BlobError):
     """The blob declares a format version this reader does not know."""
 
     def __init__(self, version: str) -> None:
-        super().__init__(f"unsupported {FORMAT} version {version!r}; this reader knows version {VERSION}")
+        super().__init__(f"unsupported {FORMAT} version {version!r}; this reader knows versions {READ_VERSIONS}")
         self.version = version
 
 
 class BlobChecksumError(BlobError):
-    """The SHA-256 over header and payload does not match: the blob was corrupted or altered."""
+    """A checksum (of the header, of a tensor, or v1's SHA-256) does not match: the blob was corrupted."""
 
 
 class BlobFingerprintError(BlobError):
@@ -127,10 +146,6 @@ class DecodedBlob:
 
 
 # --- encoding -----------------------------------------------------------------------------------------------
-def _canonical(header: Mapping[str, Any]) -> bytes:
-    return json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-
 def _le_bytes(t: torch.Tensor) -> np.ndarray:
     """The tensor's elements as little-endian bytes (a uint8 view, no copy on little-endian hosts)."""
     st = _ST_OF_TORCH[t.dtype]
@@ -172,12 +187,18 @@ def encode_blob(
     model_fingerprint: str,
     meta: Mapping[str, str] | None = None,
     original_seq_len: int | None = None,
+    chunk_bytes: int = checksum.DEFAULT_CHUNK_BYTES,
 ) -> bytes:
     """Serialize a cache (a KVCache is sent as is, every layer at 16 bits) into one scout-kv blob.
 
     `original_seq_len` is the length of the sequence the positions index into (default: one past the largest
-    position). Everything `decode_blob` would refuse is refused here first, as ValueError.
+    position); `chunk_bytes` the span of each payload checksum. Everything `decode_blob` would refuse is refused
+    here first, as ValueError.
     """
+    if type(chunk_bytes) is not int or not checksum.MIN_CHUNK_BYTES <= chunk_bytes <= checksum.MAX_CHUNK_BYTES:
+        raise ValueError(
+            f"encode_blob: chunk_bytes must lie in [{checksum.MIN_CHUNK_BYTES}, {checksum.MAX_CHUNK_BYTES}]"
+        )
     qc = quantize_cache(cache, 16) if isinstance(cache, KVCache) else cache
     if not isinstance(qc, QuantizedCache):
         raise TypeError(f"encode_blob: expected a QuantizedCache or KVCache, got {type(cache).__name__}")
@@ -216,13 +237,6 @@ def encode_blob(
             "data_offsets": [offset, offset + arr.nbytes],
         }
         offset += arr.nbytes
-    payload = bytearray(offset)
-    view = memoryview(payload)
-    pos = 0
-    for _, _, arr in arrays:
-        view[pos : pos + arr.nbytes] = arr.data
-        pos += arr.nbytes
-
     metadata = {
         "format": FORMAT,
         "version": str(VERSION),
@@ -234,14 +248,14 @@ def encode_blob(
         "user": json.dumps(user, sort_keys=True, separators=(",", ":")),
     }
     header["__metadata__"] = metadata
-    digest = hashlib.sha256(_canonical(header))
-    digest.update(payload)
-    metadata["sha256"] = digest.hexdigest()
-    head = _canonical(header)
+    # Digests straight from the tensors' own memory, then one join that sizes the result once and copies each
+    # tensor into it exactly once (no intermediate payload buffer; the result must be immutable `bytes`).
+    checksum.seal_v2(header, (arr for _, _, arr in arrays), chunk_bytes)
+    head = checksum.canonical(header)
     head += b" " * (-len(head) % 8)  # align the payload to 8 bytes, as safetensors writers do
     if len(head) > MAX_HEADER_BYTES:
         raise ValueError("encode_blob: header exceeds the format's 16 MiB limit (too many layers?)")
-    return b"".join((struct.pack("<Q", len(head)), head, payload))
+    return b"".join([struct.pack("<Q", len(head)), head, *(arr.data for _, _, arr in arrays)])
 
 
 # --- decoding -----------------------------------------------------------------------------------------------
@@ -388,7 +402,18 @@ def _check_positions(positions: torch.Tensor, orig: int, exc: type[ValueError]) 
             raise exc("positions must be unique")
 
 
+def _view(buf: memoryview, start: int, address: int, st_dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """The tensor at `start` as a view over `buf` (no copy), or a copy where a view is not possible: an empty
+    tensor, an offset not aligned to the element size, or a big-endian host (the payload is little-endian)."""
+    torch_dtype = _ST_TYPES[st_dtype][0]
+    count = math.prod(shape)
+    if count and sys.byteorder == "little" and (address + start) % torch_dtype.itemsize == 0:
+        return torch.frombuffer(buf, dtype=torch_dtype, count=count, offset=start).reshape(shape)
+    return _load(buf, start, st_dtype, shape)
+
+
 def _load(view: memoryview, start: int, st_dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """A copy of the tensor at `start`, in native byte order (the fallback of `_view`)."""
     torch_dtype, np_le = _ST_TYPES[st_dtype]
     count = math.prod(shape)
     le = np.dtype(np_le)
@@ -413,11 +438,12 @@ def decode_blob(
 
     if meta.get("format") != FORMAT:
         raise BlobError(f"not a {FORMAT} blob (format {str(meta.get('format'))[:40]!r})")
-    version = meta.get("version")
-    if version != str(VERSION):
-        raise BlobVersionError(str(version)[:40])
-    if set(meta) != _META_KEYS:
-        raise BlobError(f"metadata keys {sorted(meta)[:20]} differ from the v{VERSION} set")
+    version_text = meta.get("version")
+    version = next((v for v in READ_VERSIONS if version_text == str(v)), None)
+    if version is None:
+        raise BlobVersionError(str(version_text)[:40])
+    if set(meta) != _META_KEYS[version]:
+        raise BlobError(f"metadata keys {sorted(meta)[:20]} differ from the v{version} set")
 
     num_layers = _meta_int(meta["num_layers"], "num_layers", 1, MAX_LAYERS)
     seq = _meta_int(meta["seq_len"], "seq_len")
@@ -430,8 +456,7 @@ def decode_blob(
     user = _strict_json(meta["user"], "user")
     if not isinstance(user, dict) or not all(isinstance(v, str) for v in user.values()):
         raise BlobError("user metadata must be a JSON object of strings")
-    if not isinstance(meta["sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", meta["sha256"]):
-        raise BlobError("sha256 must be 64 lowercase hex digits")
+    claimed = _claimed_checksums(meta, version)
 
     layouts: list[tuple[_TensorLayout, _TensorLayout]] = []
     expected: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -481,20 +506,22 @@ def decode_blob(
     if cursor != payload_len:
         raise BlobError(f"payload is {payload_len} bytes but the tensors cover {cursor}")
 
-    claimed = meta["sha256"]
-    digest = hashlib.sha256(_canonical(_without_sha(header)))
-    digest.update(view[payload_start:])
-    if digest.hexdigest() != claimed:
-        raise BlobChecksumError("checksum mismatch: the blob is corrupt or was altered")
+    if version == 2 and len(claimed.chunks) != -(-payload_len // claimed.chunk):
+        raise BlobError(f"{len(claimed.chunks)} chunk digests for {payload_len} payload bytes")
+    damage = checksum.mismatch(header, view[payload_start:], spans, claimed)
+    if damage:
+        raise BlobChecksumError(f"{damage}: the blob is corrupt or was altered")
     if expected_fingerprint is not None and meta["model"] != expected_fingerprint:
         raise BlobFingerprintError(f"blob is for model {meta['model'][:80]!r}, expected {expected_fingerprint[:80]!r}")
 
-    # Validated: materialize (each tensor is one copy out of the buffer).
-    starts = {name: payload_start + begin for begin, _, name in spans}
+    # Validated: view the tensors over the buffer (a read-only one is first copied once, whole).
+    buf, base = (memoryview(bytearray(view[payload_start:])), 0) if view.readonly else (view, payload_start)
+    address = np.frombuffer(buf, dtype=np.uint8).ctypes.data if buf.nbytes else 0
+    starts = {name: base + begin for begin, _, name in spans}
 
     def load(name: str) -> torch.Tensor:
         st_dtype, shape = expected[name]
-        return _load(view, starts[name], st_dtype, shape)
+        return _view(buf, starts[name], address, st_dtype, shape)
 
     positions = load("positions").to(torch.int64)
     _check_positions(positions, orig, BlobError)
@@ -510,7 +537,7 @@ def decode_blob(
     return DecodedBlob(
         cache=cache,
         model_fingerprint=meta["model"],
-        version=VERSION,
+        version=version,
         orig_seq_len=orig,
         meta=user,
         header_nbytes=payload_start,
@@ -518,9 +545,20 @@ def decode_blob(
     )
 
 
-def _without_sha(header: dict[str, Any]) -> dict[str, Any]:
-    meta = {k: v for k, v in header["__metadata__"].items() if k != "sha256"}
-    return {**header, "__metadata__": meta}
+def _claimed_checksums(meta: Mapping[str, str], version: int) -> checksum.Claims:
+    """The checksums the metadata claims, well-formed (each digest is hex of the right length)."""
+    if version == 1:
+        if not checksum.HEX256.fullmatch(meta[checksum.SHA_KEY]):
+            raise BlobError("sha256 must be 64 lowercase hex digits")
+        return checksum.Claims(sha256=meta[checksum.SHA_KEY])
+    if not checksum.HEX128.fullmatch(meta[checksum.HEADER_KEY]):
+        raise BlobError(f"{checksum.HEADER_KEY} must be 32 lowercase hex digits")
+    chunk = _meta_int(meta[checksum.CHUNK_KEY], checksum.CHUNK_KEY, checksum.MIN_CHUNK_BYTES, checksum.MAX_CHUNK_BYTES)
+    run = meta[checksum.CHUNKS_KEY]
+    if not checksum.HEX128_RUN.fullmatch(run):
+        raise BlobError(f"{checksum.CHUNKS_KEY} must be 32 lowercase hex digits per chunk")
+    chunks = tuple(run[i : i + 32] for i in range(0, len(run), 32))
+    return checksum.Claims(header=meta[checksum.HEADER_KEY], chunk=chunk, chunks=chunks)
 
 
 def _build(prefix: str, t: _TensorLayout, load: Callable[[str], torch.Tensor]) -> LayerTensor:

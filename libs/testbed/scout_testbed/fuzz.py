@@ -277,16 +277,39 @@ def _split_blob(blob: bytes) -> tuple[dict[str, Any], bytes] | None:
     return (header, blob[8 + n :]) if isinstance(header, dict) else None
 
 
+def _chunk_digests(meta: dict[str, Any], payload: bytes) -> str:
+    """The v2 `xxh3_chunks` run for the payload, at the chunk size the header claims (a size the reader refuses
+    anyway, or one too small to hash cheaply, keeps the old run: the mutation is then caught before the digests)."""
+    from scout.codec.checksum import MIN_CHUNK_BYTES, digest128
+
+    text = meta.get("xxh3_chunk")
+    if not isinstance(text, str) or not text.isdigit() or len(text) > 12 or int(text) < MIN_CHUNK_BYTES:
+        return str(meta.get("xxh3_chunks", ""))
+    chunk = int(text)
+    return "".join(digest128(payload[at : at + chunk]) for at in range(0, len(payload), chunk))
+
+
 def seal_blob(header: dict[str, Any], payload: bytes) -> bytes:
-    """A scout-kv blob from an (edited) header and payload, with the SHA-256 re-computed where there is one."""
+    """A scout-kv blob from an (edited) header and payload, its checksums re-computed where it has them: v1's
+    SHA-256, or v2's per-chunk and header XXH3-128 digests (so a mutation reaches the checks after them)."""
     import hashlib
 
+    from scout.codec.checksum import CHUNKS_KEY, HEADER_KEY, SHA_KEY, digest128
+
     meta = header.get("__metadata__")
-    if isinstance(meta, dict):
-        meta.pop("sha256", None)
+    if isinstance(meta, dict) and SHA_KEY in meta:
+        meta.pop(SHA_KEY, None)
         digest = hashlib.sha256(_canonical(header))
         digest.update(payload)
-        meta["sha256"] = digest.hexdigest()
+        meta[SHA_KEY] = digest.hexdigest()
+    elif isinstance(meta, dict) and (HEADER_KEY in meta or CHUNKS_KEY in meta):
+        meta.pop(HEADER_KEY, None)
+        if CHUNKS_KEY in meta:
+            meta[CHUNKS_KEY] = _chunk_digests(meta, payload)
+        try:
+            meta[HEADER_KEY] = digest128(_canonical(header))
+        except (ValueError, RecursionError):
+            meta[HEADER_KEY] = "0" * 32
     try:
         head = _canonical(header)
     except (ValueError, RecursionError):
